@@ -1,1 +1,19 @@
-pub fn x(){}
+//! `macvtap-net` is the only code in this project that speaks rtnetlink,
+//! switches network namespaces and makes tap device nodes.
+//!
+//! Everything here is synchronous: the CNI plugin is a short-lived process
+//! that must not pay for an async runtime, and namespace switches are
+//! per-thread, so they happen only on threads this crate spawns
+//! ([`NetNs::run`]) and never on a caller's (possibly pooled) thread.
+
+mod devnode;
+mod error;
+mod mac;
+mod netlink;
+mod netns;
+
+pub use devnode::{make_device_node, tap_device_number, DeviceNumber, NodeInfo};
+pub use error::{Error, Result};
+pub use mac::{MacAddr, MacError};
+pub use netlink::{Link, MacvtapMode, MacvtapSpec, Netlink, RouteSpec};
+pub use netns::NetNs;

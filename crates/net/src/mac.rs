@@ -1,0 +1,118 @@
+use std::fmt;
+use std::str::FromStr;
+
+/// An Ethernet MAC address usable as a unicast interface address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// Why a string is not a usable interface MAC.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MacError {
+    /// Not six colon- or dash-separated hex octets.
+    #[error("{0:?} is not a MAC address (want six hex octets like 02:00:00:00:00:01)")]
+    Malformed(String),
+    /// The group bit is set: an interface cannot own it.
+    #[error("{0} is a multicast or broadcast address, not usable as an interface MAC")]
+    Multicast(String),
+    /// 00:00:00:00:00:00.
+    #[error("{0} is the all-zero address, not usable as an interface MAC")]
+    Zero(String),
+}
+
+impl MacAddr {
+    /// Parse and require a unicast, non-zero address.
+    pub fn parse_unicast(s: &str) -> Result<Self, MacError> {
+        let mac: MacAddr = s.parse()?;
+        if mac.0[0] & 1 == 1 {
+            return Err(MacError::Multicast(s.to_string()));
+        }
+        if mac.0 == [0; 6] {
+            return Err(MacError::Zero(s.to_string()));
+        }
+        Ok(mac)
+    }
+
+    /// From netlink's IFLA_ADDRESS bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = MacError;
+    fn from_str(s: &str) -> Result<Self, MacError> {
+        let malformed = || MacError::Malformed(s.to_string());
+        let sep = if s.contains('-') { '-' } else { ':' };
+        let mut out = [0u8; 6];
+        let mut parts = s.split(sep);
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(malformed)?;
+            if part.len() != 2 {
+                return Err(malformed());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| malformed())?;
+        }
+        if parts.next().is_some() {
+            return Err(malformed());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_lowercase() {
+        let mac = MacAddr::parse_unicast("02:AB:cd:00:11:FF").unwrap();
+        assert_eq!(mac.to_string(), "02:ab:cd:00:11:ff");
+        assert_eq!(MacAddr::parse_unicast("02-00-00-00-00-01").unwrap().0[5], 1);
+    }
+
+    #[test]
+    fn refuses_unusable_addresses() {
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "0g:00:00:00:00:01",
+            "2:0:0:0:0:1",
+            "02:00:00:00:00:001",
+        ] {
+            assert!(
+                matches!(MacAddr::parse_unicast(bad), Err(MacError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            MacAddr::parse_unicast("01:00:5e:00:00:01"),
+            Err(MacError::Multicast(_))
+        ));
+        assert!(matches!(
+            MacAddr::parse_unicast("ff:ff:ff:ff:ff:ff"),
+            Err(MacError::Multicast(_))
+        ));
+        assert!(matches!(
+            MacAddr::parse_unicast("00:00:00:00:00:00"),
+            Err(MacError::Zero(_))
+        ));
+    }
+}
