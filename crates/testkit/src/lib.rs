@@ -1,1 +1,30 @@
-//! Test worlds.
+//! Test worlds for the macvtap CNI plugin: private network namespaces, veth
+//! lower devices, temporary state directories and a runner for the plugin
+//! binary, plus helpers that read back real kernel state with `ip -j`.
+//!
+//! Everything a test creates is owned by a guard whose `Drop` removes it, so
+//! a panicking test still cleans up. Names carry the pid, a per-process
+//! counter and the test name, so parallel tests and concurrent processes
+//! never collide.
+
+mod inspect;
+mod lab;
+mod names;
+mod netns;
+mod plugin;
+mod resources;
+mod tempdir;
+
+pub use inspect::{files_under, leases_in, DeviceNode, Link};
+pub use lab::{Lab, LOWER, POD_IFNAME};
+pub use names::{require_root, unique_name};
+pub use netns::Netns;
+pub use plugin::{Plugin, PluginOutput};
+pub use resources::{write_resources, write_resources_json, Resource};
+pub use tempdir::TempDir;
+
+/// Every CNI spec version the plugin promises to implement.
+pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// Where Debian's containernetworking-plugins installs host-local, static, ...
+pub const CNI_PLUGINS_DIR: &str = "/usr/lib/cni";

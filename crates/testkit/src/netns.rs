@@ -1,0 +1,244 @@
+//! A named network namespace guard and `ip -n` helpers that read kernel
+//! state as JSON.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::thread::sleep;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::inspect::Link;
+use crate::names::require_root;
+
+/// A network namespace made with `ip netns add`; `ip netns del` on drop
+/// (which also destroys every link inside it).
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    deleted: bool,
+}
+
+impl Netns {
+    /// Creates `/run/netns/<name>`. Retries a few times because concurrent
+    /// `ip netns add` calls can race while /run/netns is first being mounted.
+    pub fn new(name: &str) -> Netns {
+        require_root();
+        let mut last = String::new();
+        for _ in 0..5 {
+            let out = run(Command::new("ip").args(["netns", "add", name]));
+            if out.status.success() {
+                let ns = Netns {
+                    name: name.to_string(),
+                    deleted: false,
+                };
+                // Bring up lo so local addresses behave as in a real pod.
+                ns.ip_ok(&["link", "set", "lo", "up"]);
+                return ns;
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            if PathBuf::from("/run/netns").join(name).exists() {
+                // Created by a half-failed attempt of ours; adopt it.
+                return Netns {
+                    name: name.to_string(),
+                    deleted: false,
+                };
+            }
+            sleep(Duration::from_millis(20));
+        }
+        panic!("ip netns add {name} failed: {last}");
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`: what CNI_NETNS points at.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Deletes the namespace now (e.g. to test DEL after the sandbox is
+    /// gone); drop then does nothing.
+    pub fn delete(&mut self) {
+        if !self.deleted {
+            let out = run(Command::new("ip").args(["netns", "del", &self.name]));
+            assert!(
+                out.status.success(),
+                "ip netns del {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.deleted = true;
+        }
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// `ip -n <ns> <args>`, panicking with stderr when it fails.
+    pub fn ip_ok(&self, args: &[&str]) -> String {
+        let out = self.ip(args);
+        assert!(
+            out.status.success(),
+            "`ip -n {} {}` failed: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -n <ns> -j <args>` parsed; an empty answer is an empty array.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-j"];
+        full.extend_from_slice(args);
+        let text = self.ip_ok(&full);
+        if text.trim().is_empty() {
+            return Value::Array(vec![]);
+        }
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "`ip -n {} -j {}` printed invalid JSON ({e}): {text}",
+                self.name,
+                args.join(" ")
+            )
+        })
+    }
+
+    /// Runs a program inside the namespace with `ip netns exec` (which also
+    /// mounts the namespace's own sysfs: what the test side wants).
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv))
+    }
+
+    /// Every link, with details (`ip -d -j link show`).
+    pub fn links_json(&self) -> Vec<Value> {
+        as_vec(self.ip_json(&["-d", "link", "show"]))
+    }
+
+    pub fn links(&self) -> Vec<Link> {
+        self.links_json().iter().map(Link::from_json).collect()
+    }
+
+    /// One link with details, `None` if it does not exist.
+    pub fn link(&self, name: &str) -> Option<Link> {
+        self.links().into_iter().find(|l| l.name == name)
+    }
+
+    /// Like [`Netns::link`] but panics with the namespace's link list.
+    pub fn expect_link(&self, name: &str) -> Link {
+        self.link(name).unwrap_or_else(|| {
+            panic!(
+                "no link {name} in {}; links: {:?}",
+                self.name,
+                self.links().iter().map(|l| &l.name).collect::<Vec<_>>()
+            )
+        })
+    }
+
+    pub fn macvtaps(&self) -> Vec<Link> {
+        self.links()
+            .into_iter()
+            .filter(|l| l.kind.as_deref() == Some("macvtap"))
+            .collect()
+    }
+
+    /// The `addr_info` entries of one device (`ip -j addr show dev X`).
+    pub fn addrs(&self, dev: &str) -> Vec<Value> {
+        let all = as_vec(self.ip_json(&["addr", "show", "dev", dev]));
+        all.first()
+            .and_then(|d| d.get("addr_info"))
+            .map(|a| as_vec(a.clone()))
+            .unwrap_or_default()
+    }
+
+    /// `local/prefixlen` of every address of `family` ("inet"/"inet6").
+    pub fn addr_cidrs(&self, dev: &str, family: &str) -> Vec<String> {
+        self.addrs(dev)
+            .iter()
+            .filter(|a| a["family"] == family)
+            .map(|a| {
+                format!(
+                    "{}/{}",
+                    a["local"].as_str().unwrap_or("?"),
+                    a["prefixlen"].as_u64().unwrap_or(0)
+                )
+            })
+            .collect()
+    }
+
+    /// IPv4 routes of the main table (`ip -j -4 route show`).
+    pub fn routes(&self) -> Vec<Value> {
+        as_vec(self.ip_json(&["-4", "route", "show"]))
+    }
+
+    /// The name a peer namespace id has from inside this namespace
+    /// (`ip netns list-id`), used to tell which namespace a lower device
+    /// lives in.
+    pub fn peer_name(&self, nsid: i64) -> Option<String> {
+        as_vec(self.ip_json(&["netns", "list-id"]))
+            .iter()
+            .find(|e| e["nsid"].as_i64() == Some(nsid))
+            .and_then(|e| e["name"].as_str().map(str::to_string))
+    }
+
+    /// Reads a file with this namespace's sysfs mounted (via `ip netns exec`).
+    pub fn read_sys(&self, path: &str) -> Option<String> {
+        let out = self.exec(&["cat", path]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The (major, minor) of a macvtap's character device as its own
+    /// namespace's sysfs reports it.
+    pub fn tap_dev(&self, link: &Link) -> (u64, u64) {
+        let path = format!(
+            "/sys/class/net/{}/macvtap/tap{}/dev",
+            link.name, link.ifindex
+        );
+        let text = self
+            .read_sys(&path)
+            .unwrap_or_else(|| panic!("cannot read {path} in netns {}", self.name));
+        parse_major_minor(&text).unwrap_or_else(|| panic!("bad dev number {text:?} in {path}"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let out = run(Command::new("ip").args(["netns", "del", &self.name]));
+            if !out.status.success() {
+                eprintln!(
+                    "warning: ip netns del {} failed: {}",
+                    self.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn as_vec(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        Value::Null => vec![],
+        other => vec![other],
+    }
+}
+
+/// Parses sysfs's `MAJOR:MINOR`.
+pub(crate) fn parse_major_minor(text: &str) -> Option<(u64, u64)> {
+    let (ma, mi) = text.trim().split_once(':')?;
+    Some((ma.parse().ok()?, mi.parse().ok()?))
+}
