@@ -1,0 +1,378 @@
+//! The network configuration: upstream's keys, then ours, validated once
+//! into a [`Config`] before anything is touched.
+
+use macvtap_net::{MacAddr, MacvtapMode};
+use macvtap_state::{StateDir, DEFAULT_STATE_DIR};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{code, err, CniError, Result};
+use crate::spec::{Env, Version};
+
+/// Default uid/gid of the tap device node: qemu in KubeVirt's images.
+pub const DEFAULT_OWNER: u32 = 107;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    #[serde(default)]
+    cni_version: String,
+    name: Option<String>,
+    #[serde(rename = "deviceID")]
+    device_id: Option<String>,
+    master: Option<String>,
+    lower_device: Option<String>,
+    mode: Option<String>,
+    source_macs: Option<Vec<String>>,
+    #[serde(default)]
+    link_in_container: bool,
+    mtu: Option<i64>,
+    #[serde(default)]
+    promisc_mode: bool,
+    mac: Option<String>,
+    owner: Option<i64>,
+    group: Option<i64>,
+    state_dir: Option<String>,
+    ipam: Option<Ipam>,
+    #[serde(default)]
+    runtime_config: RuntimeConfig,
+    prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RuntimeConfig {
+    mac: Option<String>,
+}
+
+/// The `ipam` section: only `type` is ours to read; the plugin gets the
+/// whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ipam {
+    #[serde(rename = "type")]
+    pub plugin: String,
+}
+
+/// One entry of `cni.dev/valid-attachments` (GC).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// Where the macvtap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A device the node's device plugin offers.
+    Device(String),
+    /// Standalone: a lower device and a mode from the configuration.
+    Lower {
+        device: String,
+        mode: MacvtapMode,
+        source_macs: Vec<MacAddr>,
+    },
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub version: Version,
+    pub name: String,
+    pub source: Source,
+    pub link_in_container: bool,
+    pub mtu: Option<u32>,
+    pub promisc: bool,
+    pub mac: Option<MacAddr>,
+    pub owner: u32,
+    pub group: u32,
+    pub state: StateDir,
+    pub ipam: Option<Ipam>,
+    pub prev_result: Option<Value>,
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// Just the version, read before anything else so that a config of an
+/// unsupported version fails with code 1 rather than a decode error.
+pub fn peek_version(bytes: &[u8]) -> Result<(Value, String)> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        err(
+            code::DECODE,
+            format!("network configuration is not valid JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(err(
+            code::DECODE,
+            "network configuration must be a JSON object",
+        ));
+    }
+    let version = match value.get("cniVersion") {
+        None => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(err(code::DECODE, "cniVersion must be a string")),
+    };
+    Ok((value, version))
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    err(code::INVALID_CONFIG, msg)
+}
+
+fn id_from(v: Option<i64>, key: &str) -> Result<u32> {
+    match v {
+        None => Ok(DEFAULT_OWNER),
+        // u32::MAX is "no change" to chown(2), never a real id.
+        Some(n) if (0..u32::MAX as i64).contains(&n) => Ok(n as u32),
+        Some(n) => Err(invalid(format!(
+            "{key} {n} is not a valid id (0..4294967294)"
+        ))),
+    }
+}
+
+impl Config {
+    /// Decode and validate. `env` supplies CNI_ARGS (for `MAC=`).
+    pub fn parse(value: Value, env: &Env) -> Result<Self> {
+        let raw: RawConf = serde_json::from_value(value).map_err(|e| {
+            err(
+                code::DECODE,
+                format!("cannot decode network configuration: {e}"),
+            )
+        })?;
+        let version = Version::parse(&raw.cni_version)?;
+        let name = raw
+            .name
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| invalid("name is missing"))?;
+
+        let lower = match (raw.master, raw.lower_device) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(invalid(format!(
+                    "master {a:?} and lowerDevice {b:?} disagree"
+                )))
+            }
+            (a, b) => a.or(b),
+        };
+        let mode = raw
+            .mode
+            .as_deref()
+            .map(|m| m.parse::<MacvtapMode>().map_err(invalid))
+            .transpose()?;
+        let source_macs = raw
+            .source_macs
+            .unwrap_or_default()
+            .iter()
+            .map(|m| MacAddr::parse_unicast(m).map_err(|e| invalid(format!("sourceMacs: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let source = match (raw.device_id.filter(|d| !d.is_empty()), lower) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("deviceID and master/lowerDevice are exclusive: the device plugin's resource names the lower device"))
+            }
+            (None, None) => {
+                return Err(invalid("need deviceID (device plugin mode) or master (standalone mode)"))
+            }
+            (Some(id), None) => {
+                if mode.is_some() || !source_macs.is_empty() {
+                    return Err(invalid("mode and sourceMacs come from the device plugin's resource when deviceID is set"));
+                }
+                Source::Device(id)
+            }
+            (None, Some(device)) => {
+                if let Some(why) = crate::spec::invalid_ifname(&device) {
+                    return Err(invalid(format!("master {device:?} {why}")));
+                }
+                let mode = mode.unwrap_or(MacvtapMode::Bridge);
+                if mode == MacvtapMode::Source && source_macs.is_empty() {
+                    return Err(invalid("mode source needs a non-empty sourceMacs list"));
+                }
+                if mode != MacvtapMode::Source && !source_macs.is_empty() {
+                    return Err(invalid(format!("sourceMacs only apply to mode source, not {mode}")));
+                }
+                Source::Lower { device, mode, source_macs }
+            }
+        };
+
+        let mtu = match raw.mtu {
+            None => None,
+            Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+            Some(m) => return Err(invalid(format!("mtu {m} is out of range (68..65535)"))),
+        };
+
+        // Precedence: runtimeConfig.mac, then CNI_ARGS MAC=, then `mac`.
+        let mac = if let Some(m) = raw.runtime_config.mac.as_deref() {
+            Some(
+                MacAddr::parse_unicast(m)
+                    .map_err(|e| invalid(format!("runtimeConfig.mac: {e}")))?,
+            )
+        } else if let Some((_, m)) = env
+            .parsed_args()?
+            .into_iter()
+            .rev()
+            .find(|(k, _)| *k == "MAC")
+        {
+            Some(
+                MacAddr::parse_unicast(m)
+                    .map_err(|e| err(code::INVALID_ENVIRONMENT, format!("CNI_ARGS MAC: {e}")))?,
+            )
+        } else if let Some(m) = raw.mac.as_deref() {
+            Some(MacAddr::parse_unicast(m).map_err(|e| invalid(format!("mac: {e}")))?)
+        } else {
+            None
+        };
+
+        let state = StateDir::new(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR))?;
+        if let Some(ipam) = &raw.ipam {
+            if ipam.plugin.is_empty() || ipam.plugin.contains('/') || ipam.plugin.starts_with('.') {
+                return Err(invalid(format!(
+                    "ipam type {:?} is not a plugin name",
+                    ipam.plugin
+                )));
+            }
+        }
+        Ok(Config {
+            version,
+            name,
+            source,
+            link_in_container: raw.link_in_container,
+            mtu,
+            promisc: raw.promisc_mode,
+            mac,
+            owner: id_from(raw.owner, "owner")?,
+            group: id_from(raw.group, "group")?,
+            state,
+            ipam: raw.ipam,
+            prev_result: raw.prev_result,
+            valid_attachments: raw.valid_attachments,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value, args: &str) -> Result<Config> {
+        let env = Env {
+            args: args.into(),
+            ..Env::default()
+        };
+        Config::parse(v, &env)
+    }
+
+    #[test]
+    fn upstream_configs_parse() {
+        let c = parse(json!({"cniVersion":"0.3.1","name":"dataplane","type":"macvtap","mtu":1500,"deviceID":"dataplane-1"}), "").unwrap();
+        assert_eq!(c.source, Source::Device("dataplane-1".into()));
+        assert_eq!((c.owner, c.group, c.mtu), (107, 107, Some(1500)));
+        let c = parse(
+            json!({"cniVersion":"1.0.0","name":"n","lowerDevice":"eth0"}),
+            "",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.source,
+            Source::Lower {
+                mode: MacvtapMode::Bridge,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn mac_precedence() {
+        let conf = json!({"cniVersion":"1.0.0","name":"n","master":"eth0","mac":"02:00:00:00:00:03",
+                          "runtimeConfig":{"mac":"02:00:00:00:00:01"}});
+        let args = "IgnoreUnknown=1;MAC=02:00:00:00:00:02";
+        assert_eq!(
+            parse(conf.clone(), args).unwrap().mac.unwrap().to_string(),
+            "02:00:00:00:00:01"
+        );
+        let mut c = conf.clone();
+        c.as_object_mut().unwrap().remove("runtimeConfig");
+        assert_eq!(
+            parse(c.clone(), args).unwrap().mac.unwrap().to_string(),
+            "02:00:00:00:00:02"
+        );
+        assert_eq!(
+            parse(c, "").unwrap().mac.unwrap().to_string(),
+            "02:00:00:00:00:03"
+        );
+    }
+
+    #[test]
+    fn bad_values_get_their_codes() {
+        let cases = [
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","mode":"nat"}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","mtu":0}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","mtu":"1500"}),
+                "",
+                code::DECODE,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n"}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","deviceID":"a-1"}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","mode":"source"}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","sourceMacs":["02:00:00:00:00:01"]}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","owner":-1}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","stateDir":"rel"}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","mac":"01:00:00:00:00:01"}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0"}),
+                "MAC=00:00:00:00:00:00",
+                code::INVALID_ENVIRONMENT,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","ipam":{"type":"../x"}}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"9.9.9","name":"n","master":"eth0"}),
+                "",
+                code::INCOMPATIBLE_VERSION,
+            ),
+        ];
+        for (conf, args, want) in cases {
+            let got = parse(conf.clone(), args).unwrap_err();
+            assert_eq!(got.code, want, "{conf} -> {got}");
+        }
+    }
+}

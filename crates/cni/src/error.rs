@@ -1,0 +1,94 @@
+//! CNI errors: the spec's codes and ours, printed as the spec's error JSON.
+
+use std::fmt;
+
+/// Error codes: 1-99 are the spec's, 100+ are this plugin's.
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENVIRONMENT: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    pub const NOT_AVAILABLE: u32 = 50;
+    pub const LOWER_DEVICE_MISSING: u32 = 100;
+    pub const INTERFACE_EXISTS: u32 = 101;
+    pub const DEVICE_NOT_OFFERED: u32 = 102;
+    pub const KERNEL: u32 = 103;
+    pub const DEVICE_NODE: u32 = 104;
+    pub const IPAM_EXEC: u32 = 105;
+    pub const STATE_DIR: u32 = 106;
+    pub const CHECK_FAILED: u32 = 107;
+}
+
+/// An error as the CNI spec prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: impl Into<String>) -> Self {
+        self.details = details.into();
+        self
+    }
+
+    /// The error JSON for `version`.
+    pub fn to_json(&self, version: &str) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "cniVersion": version,
+            "code": self.code,
+            "msg": self.msg,
+        });
+        if !self.details.is_empty() {
+            v["details"] = self.details.clone().into();
+        }
+        v
+    }
+}
+
+impl fmt::Display for CniError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (code {})", self.msg, self.code)?;
+        if !self.details.is_empty() {
+            write!(f, ": {}", self.details)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CniError {}
+
+/// Shorthand constructors.
+pub fn err(code: u32, msg: impl Into<String>) -> CniError {
+    CniError::new(code, msg)
+}
+
+impl From<macvtap_state::Error> for CniError {
+    fn from(e: macvtap_state::Error) -> Self {
+        use macvtap_state::Error as E;
+        let c = match &e {
+            E::BadStateDir(_) | E::MalformedDeviceId(_) | E::BadResource { .. } => {
+                code::INVALID_CONFIG
+            }
+            E::NotOffered { .. } => code::DEVICE_NOT_OFFERED,
+            E::Io { .. } | E::Corrupt { .. } => code::STATE_DIR,
+        };
+        CniError::new(c, e.to_string())
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = CniError> = std::result::Result<T, E>;

@@ -1,0 +1,115 @@
+//! Delegation to an IPAM plugin found on `CNI_PATH`, as the reference
+//! plugins do: same configuration on stdin, same environment but the command.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::error::{code, err, CniError, Result};
+
+/// One IPAM plugin invocation's context.
+#[derive(Debug, Clone)]
+pub struct Ipam<'a> {
+    pub plugin: &'a str,
+    pub cni_path: &'a str,
+    /// The network configuration exactly as this plugin received it.
+    pub config: &'a [u8],
+}
+
+impl Ipam<'_> {
+    /// Where the plugin binary is, searching `CNI_PATH` in order.
+    pub fn find(&self) -> Result<PathBuf> {
+        if self.cni_path.is_empty() {
+            return Err(err(
+                code::INVALID_ENVIRONMENT,
+                "CNI_PATH is not set (needed to find the IPAM plugin)",
+            ));
+        }
+        self.cni_path
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| PathBuf::from(d).join(self.plugin))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                err(
+                    code::IPAM_EXEC,
+                    format!(
+                        "IPAM plugin {:?} not found in CNI_PATH {:?}",
+                        self.plugin, self.cni_path
+                    ),
+                )
+            })
+    }
+
+    /// Run `command` (ADD, DEL, CHECK, ...). `overrides` replace CNI_*
+    /// variables (GC releases other attachments than the current one).
+    /// Returns the parsed stdout, if any.
+    pub fn exec(&self, command: &str, overrides: &[(&str, &str)]) -> Result<Option<Value>> {
+        let binary = self.find()?;
+        let mut cmd = Command::new(&binary);
+        cmd.env("CNI_COMMAND", command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // The reference IPAM plugins refuse CNI_ARGS keys they do not know
+        // (such as our MAC=) unless told to ignore them; runtimes that are
+        // not Multus often omit that.
+        let args = std::env::var("CNI_ARGS").unwrap_or_default();
+        if !args.is_empty() && !args.split(';').any(|p| p.starts_with("IgnoreUnknown=")) {
+            cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;{args}"));
+        }
+        for (k, v) in overrides {
+            cmd.env(k, v);
+        }
+        let fail = |why: String| {
+            err(
+                code::IPAM_EXEC,
+                format!("IPAM plugin {} {command}: {why}", binary.display()),
+            )
+        };
+        let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A plugin that exits without reading gives EPIPE: its exit tells.
+            let _ = stdin.write_all(self.config);
+        }
+        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+        let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if !out.status.success() {
+            // Pass the plugin's own error on as it is.
+            if let Some(e) = parsed.as_ref().and_then(plugin_error) {
+                return Err(e);
+            }
+            return Err(fail(format!(
+                "{} with output {:?}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        if parsed.is_none() && !out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Err(fail(format!(
+                "unreadable output {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        Ok(parsed)
+    }
+}
+
+fn plugin_error(v: &Value) -> Option<CniError> {
+    let code = v.get("code")?.as_u64()?;
+    Some(CniError {
+        code: code as u32,
+        msg: v
+            .get("msg")
+            .and_then(Value::as_str)
+            .unwrap_or("IPAM plugin failed")
+            .to_string(),
+        details: v
+            .get("details")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    })
+}
