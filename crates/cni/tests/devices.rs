@@ -1,0 +1,239 @@
+//! Device-plugin mode (deviceID + `<stateDir>/resources.json`) and the
+//! /dev/tap<ifindex> clash between namespaces.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::{json, Value};
+
+const BASE: u32 = 4096;
+
+fn dp_config(state_dir: &Path, device_id: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "dpnet",
+        "type": "macvtap",
+        "deviceID": device_id,
+        "stateDir": state_dir,
+    })
+}
+
+fn dev_node(state_dir: &Path, device_id: &str) -> std::path::PathBuf {
+    state_dir.join("dev").join(device_id)
+}
+
+#[test]
+fn device_id_attaches_with_the_promised_ifindex_and_node() {
+    let lab = lab("dp-attach");
+    let state = lab.state_dir();
+    write_resources(&state, &[Resource::new("dataplane", LOWER, 4, BASE)]);
+    let config = dp_config(&state, "dataplane-2");
+    let result = lab.add(&config).result();
+    let link = assert_attached(&lab, &lab.pod, &result, POD_IFNAME, "bridge");
+    assert_eq!(
+        link.ifindex,
+        u64::from(BASE + 2),
+        "promised ifindex: {}",
+        link.json
+    );
+    lab.assert_device_node(&dev_node(&state, "dataplane-2"), &lab.pod, &link, 107, 107);
+
+    lab.del(&config).success();
+    assert!(lab.pod.link(POD_IFNAME).is_none(), "DEL left the link");
+    assert!(
+        !dev_node(&state, "dataplane-2").exists(),
+        "DEL left the device node"
+    );
+    lab.assert_clean("DEL");
+}
+
+#[test]
+fn the_resources_mode_and_last_index_are_used() {
+    let lab = lab("dp-mode");
+    let state = lab.state_dir();
+    write_resources(
+        &state,
+        &[
+            Resource::new("dataplane", LOWER, 4, BASE),
+            Resource::new("vepanet", LOWER, 2, BASE + 100).mode("vepa"),
+        ],
+    );
+    let result = lab.add(&dp_config(&state, "vepanet-1")).result();
+    let link = assert_attached(&lab, &lab.pod, &result, POD_IFNAME, "vepa");
+    assert_eq!(link.ifindex, u64::from(BASE + 101));
+    lab.assert_device_node(&dev_node(&state, "vepanet-1"), &lab.pod, &link, 107, 107);
+}
+
+#[test]
+fn device_ids_not_offered_are_refused_and_nothing_is_created() {
+    let lab = lab("dp-refused");
+    let state = lab.state_dir();
+    write_resources(&state, &[Resource::new("dataplane", LOWER, 4, BASE)]);
+    // (deviceID, accepted codes): 102 = not offered, 7 = malformed.
+    let cases: [(&str, &[i64]); 11] = [
+        ("other-0", &[102]),
+        ("dataplane-4", &[102]),
+        ("dataplane-100", &[102]),
+        ("../x", &[102, 7]),
+        ("dataplane-1/../../x", &[102, 7]),
+        ("../dataplane-1", &[102, 7]),
+        ("dataplane--1", &[102, 7]),
+        ("dataplane-", &[102, 7]),
+        ("dataplane", &[102, 7]),
+        ("dataplane-01", &[102, 7]),
+        ("dataplane-+1", &[102, 7]),
+    ];
+    let mut failures = Vec::new();
+    for (id, codes) in cases {
+        let plugin = lab.plugin("ADD", &dp_config(&state, id));
+        expect_refused(
+            &lab,
+            &format!("deviceID {id:?}"),
+            &plugin,
+            codes,
+            &mut failures,
+        );
+        // Only resources.json may remain, wherever a traversal could point.
+        let made = files_under(lab.dir.path());
+        let expected = vec![state.join("resources.json")];
+        assert_eq!(made, expected, "deviceID {id:?} left files");
+    }
+    assert_no_failures(&failures);
+}
+
+#[test]
+fn device_id_without_resources_json_is_refused_with_102() {
+    let lab = lab("dp-no-resources");
+    let plugin = lab.plugin("ADD", &dp_config(&lab.state_dir(), "dataplane-0"));
+    let mut failures = Vec::new();
+    expect_refused(&lab, "no resources.json", &plugin, &[102], &mut failures);
+    assert_no_failures(&failures);
+}
+
+#[test]
+fn attach_host_moves_the_device_plugins_link_into_the_pod() {
+    let lab = lab("dp-attach-host");
+    let state = lab.state_dir();
+    write_resources(
+        &state,
+        &[Resource::new("dataplane", LOWER, 8, BASE).attach("host")],
+    );
+    // What the device plugin does at Allocate for index 4.
+    let ifindex = (BASE + 4).to_string();
+    let host_name = format!("mvtap{ifindex}");
+    lab.node.ip_ok(&[
+        "link", "add", "link", LOWER, "name", &host_name, "index", &ifindex, "type", "macvtap",
+        "mode", "bridge",
+    ]);
+    let result = lab.add(&dp_config(&state, "dataplane-4")).result();
+    let link = assert_attached(&lab, &lab.pod, &result, POD_IFNAME, "bridge");
+    assert_eq!(link.ifindex, u64::from(BASE + 4));
+    assert!(
+        lab.node.link(&host_name).is_none(),
+        "{host_name} still in NODE"
+    );
+    lab.assert_device_node(&dev_node(&state, "dataplane-4"), &lab.pod, &link, 107, 107);
+}
+
+#[test]
+fn attach_host_without_the_device_plugins_link_is_refused_with_102() {
+    let lab = lab("dp-attach-host-missing");
+    let state = lab.state_dir();
+    write_resources(
+        &state,
+        &[Resource::new("dataplane", LOWER, 8, BASE).attach("host")],
+    );
+    let plugin = lab.plugin("ADD", &dp_config(&state, "dataplane-4"));
+    let mut failures = Vec::new();
+    expect_refused(
+        &lab,
+        "attach host, no mvtap link",
+        &plugin,
+        &[102],
+        &mut failures,
+    );
+    assert_no_failures(&failures);
+}
+
+/// Asserts the two links share an ifindex (so both want the same
+/// /dev/tap<N>) but have different device numbers, and that each node
+/// carries its own link's number.
+fn assert_each_node_is_its_own(
+    lab: &Lab,
+    (ns1, link1, node1): (&Netns, &Link, &Path),
+    (ns2, link2, node2): (&Netns, &Link, &Path),
+) {
+    assert_eq!(
+        link1.ifindex, link2.ifindex,
+        "precondition: both macvtaps must have the same ifindex"
+    );
+    let (dev1, dev2) = (ns1.tap_dev(link1), ns2.tap_dev(link2));
+    assert_ne!(dev1, dev2, "two macvtaps cannot share a device number");
+    lab.assert_device_node(node1, ns1, link1, 107, 107);
+    lab.assert_device_node(node2, ns2, link2, 107, 107);
+}
+
+#[test]
+fn same_ifindex_in_two_pods_gives_each_node_its_own_device() {
+    // Two nodes' worth of state (two stateDirs) hand out the same deviceID,
+    // so both pods get a macvtap with ifindex BASE: /dev/tap<BASE> can only
+    // name one of them.
+    let lab = lab("clash-dp");
+    let pod2 = lab.netns("pod2");
+    let state1 = lab.state_dir();
+    let state2 = lab.dir.subdir("state2");
+    for s in [&state1, &state2] {
+        write_resources(s, &[Resource::new("dataplane", LOWER, 4, BASE)]);
+    }
+    let r1 = lab.add(&dp_config(&state1, "dataplane-0")).result();
+    let r2 = lab
+        .plugin("ADD", &dp_config(&state2, "dataplane-0"))
+        .container_id(&lab.other_container_id("b"))
+        .netns(pod2.path())
+        .run()
+        .result();
+    let l1 = assert_attached(&lab, &lab.pod, &r1, POD_IFNAME, "bridge");
+    let l2 = assert_attached(&lab, &pod2, &r2, POD_IFNAME, "bridge");
+    assert_each_node_is_its_own(
+        &lab,
+        (&lab.pod, &l1, &dev_node(&state1, "dataplane-0")),
+        (&pod2, &l2, &dev_node(&state2, "dataplane-0")),
+    );
+}
+
+#[test]
+fn standalone_node_is_right_when_another_pod_holds_the_same_tap_name() {
+    // A macvtap made by someone else in POD2 takes ifindex 2 first (a fresh
+    // namespace's first link after lo); the plugin's link in POD then gets
+    // ifindex 2 too, and its node must still be its own device.
+    let lab = lab("clash-standalone");
+    let pod2 = lab.netns("pod2");
+    lab.node.ip_ok(&[
+        "link",
+        "add",
+        "link",
+        LOWER,
+        "name",
+        "other0",
+        "index",
+        "2",
+        "netns",
+        pod2.name(),
+        "type",
+        "macvtap",
+    ]);
+    let other = pod2.expect_link("other0");
+    let result = lab.add(&lab.config("1.0.0")).result();
+    let link = lab.pod.expect_link(POD_IFNAME);
+    assert_eq!(
+        link.ifindex, other.ifindex,
+        "precondition: the kernel gave the plugin's link another ifindex"
+    );
+    assert_eq!(result_mac(&result, POD_IFNAME, &sandbox(&lab)), link.mac);
+    let mine = lab.pod.tap_dev(&link);
+    assert_ne!(mine, pod2.tap_dev(&other));
+    let tap = lab.pod_tap_path(&lab.container_id, POD_IFNAME);
+    lab.assert_device_node(&tap, &lab.pod, &link, 107, 107);
+}
