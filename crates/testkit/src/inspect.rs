@@ -27,6 +27,9 @@ pub struct Link {
     /// or this one when that is absent).
     pub link_index: Option<u64>,
     pub link_netnsid: Option<i64>,
+    /// The lower device's name, which `ip` shows only when it lives in the
+    /// same namespace.
+    pub link: Option<String>,
     /// `info_data.macaddr_data` (source mode's allowed MACs), lower-case.
     pub source_macs: Vec<String>,
     pub json: Value,
@@ -56,6 +59,7 @@ impl Link {
             promiscuity: v["promiscuity"].as_u64().unwrap_or_default(),
             link_index: v["link_index"].as_u64(),
             link_netnsid: v["link_netnsid"].as_i64(),
+            link: v["link"].as_str().map(str::to_string),
             source_macs: info["info_data"]["macaddr_data"]
                 .as_array()
                 .map(|m| {
