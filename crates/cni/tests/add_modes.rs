@@ -151,3 +151,57 @@ fn a_missing_state_dir_is_created() {
         .join(format!("{POD_IFNAME}.tap"));
     lab.assert_device_node(&tap, &lab.pod, &link, QEMU, QEMU);
 }
+
+#[test]
+fn link_in_container_uses_a_lower_device_inside_the_pod() {
+    let lab = lab("link-in-container");
+    // A lower device that lives in POD (its peer in LAN).
+    lab.pod.ip_ok(&[
+        "link",
+        "add",
+        "podup0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lan1",
+        "netns",
+        lab.lan.name(),
+    ]);
+    lab.pod.ip_ok(&["link", "set", "podup0", "up"]);
+    let mut config = lab.config("1.0.0");
+    config["master"] = json!("podup0");
+    config["linkInContainer"] = json!(true);
+    let result = lab.add(&config).result();
+
+    let link = lab.pod.expect_link(POD_IFNAME);
+    assert_eq!(link.kind.as_deref(), Some("macvtap"), "{}", link.json);
+    assert_eq!(
+        link.link_netnsid, None,
+        "lower is not in the pod: {}",
+        link.json
+    );
+    assert_eq!(link.link.as_deref(), Some("podup0"), "{}", link.json);
+    assert_eq!(result_mac(&result, POD_IFNAME, &sandbox(&lab)), link.mac);
+    assert!(lab.node.macvtaps().is_empty(), "macvtap appeared in NODE");
+    let tap = lab.pod_tap_path(&lab.container_id, POD_IFNAME);
+    lab.assert_device_node(&tap, &lab.pod, &link, QEMU, QEMU);
+
+    lab.del(&config).success();
+    lab.assert_clean("DEL");
+    assert!(
+        lab.pod.link("podup0").is_some(),
+        "DEL removed the lower device"
+    );
+}
+
+#[test]
+fn link_in_container_does_not_look_in_the_host() {
+    // up0 exists only in NODE: with linkInContainer the plugin must not
+    // fall back to it.
+    let lab = lab("link-in-container-missing");
+    let mut config = lab.config("1.0.0");
+    config["linkInContainer"] = json!(true);
+    lab.add(&config).error(100);
+    lab.assert_clean("ADD with linkInContainer and no lower in the pod");
+}

@@ -34,8 +34,12 @@ fn check_passes_after_add_0_4_0() {
 
 /// ADD, a passing CHECK, `tamper`, then CHECK must report 107.
 fn check_detects(test: &str, tamper: impl FnOnce(&Lab)) {
+    check_detects_in("1.0.0", test, tamper);
+}
+
+fn check_detects_in(version: &str, test: &str, tamper: impl FnOnce(&Lab)) {
     let lab = lab(test);
-    let config = ipam_config(&lab, "1.0.0");
+    let config = ipam_config(&lab, version);
     let result = lab.add(&config).result();
     lab.check(&config, &result).success();
     tamper(&lab);
@@ -47,6 +51,21 @@ fn check_detects_a_changed_mac() {
     check_detects("check-mac", |lab| {
         lab.pod
             .ip_ok(&["link", "set", POD_IFNAME, "address", "02:00:00:00:ee:01"]);
+    });
+}
+
+#[test]
+fn check_detects_a_changed_mac_0_4_0() {
+    check_detects_in("0.4.0", "check-mac-0.4.0", |lab| {
+        lab.pod
+            .ip_ok(&["link", "set", POD_IFNAME, "address", "02:00:00:00:ee:01"]);
+    });
+}
+
+#[test]
+fn check_detects_a_removed_address_0_4_0() {
+    check_detects_in("0.4.0", "check-addr-0.4.0", |lab| {
+        lab.pod.ip_ok(&["addr", "flush", "dev", POD_IFNAME]);
     });
 }
 
@@ -196,4 +215,52 @@ fn del_leaves_a_link_it_did_not_create() {
         .link(POD_IFNAME)
         .expect("DEL removed a link it did not create");
     assert_eq!(after.ifindex, before.ifindex);
+}
+
+#[test]
+fn check_detects_a_changed_mode() {
+    check_detects("check-mode", |lab| {
+        lab.pod
+            .ip_ok(&["link", "set", POD_IFNAME, "type", "macvtap", "mode", "vepa"]);
+    });
+}
+
+#[test]
+fn check_detects_promiscuous_mode_turned_on() {
+    check_detects("check-promisc", |lab| {
+        lab.pod.ip_ok(&["link", "set", POD_IFNAME, "promisc", "on"]);
+    });
+}
+
+#[test]
+fn del_without_cni_netns_still_removes_the_link() {
+    // CNI_NETNS may be empty on DEL; the plugin's record knows the pod.
+    let lab = lab("del-no-netns-env");
+    let config = ipam_config(&lab, "1.0.0");
+    lab.add(&config).result();
+    lab.plugin("DEL", &config)
+        .unset("CNI_NETNS")
+        .run()
+        .success();
+    lab.assert_clean("DEL without CNI_NETNS");
+}
+
+#[test]
+fn del_leaves_a_link_that_replaced_the_plugins_own() {
+    let lab = lab("del-replaced");
+    let config = lab.config("1.0.0");
+    lab.add(&config).result();
+    // Someone deletes our macvtap and puts their own link under the name.
+    lab.pod.ip_ok(&["link", "del", POD_IFNAME]);
+    lab.pod.ip_ok(&[
+        "link", "add", POD_IFNAME, "type", "veth", "peer", "name", "peer1",
+    ]);
+    let theirs = lab.pod.expect_link(POD_IFNAME);
+    lab.del(&config).success();
+    let after = lab
+        .pod
+        .link(POD_IFNAME)
+        .expect("DEL removed a link it did not create");
+    assert_eq!(after.ifindex, theirs.ifindex);
+    assert!(files_under(&lab.state_dir().join("pods")).is_empty());
 }

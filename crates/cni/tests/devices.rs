@@ -95,10 +95,14 @@ fn device_ids_not_offered_are_refused_and_nothing_is_created() {
             codes,
             &mut failures,
         );
-        // Only resources.json may remain, wherever a traversal could point.
-        let made = files_under(lab.dir.path());
-        let expected = vec![state.join("resources.json")];
-        assert_eq!(made, expected, "deviceID {id:?} left files");
+        // No node under dev/, nor wherever a traversal could point.
+        let made: Vec<_> = files_under(lab.dir.path())
+            .into_iter()
+            .filter(|f| {
+                f.starts_with(state.join("dev")) || f.ends_with("x") || f.ends_with("dataplane-1")
+            })
+            .collect();
+        assert!(made.is_empty(), "deviceID {id:?} left {made:?}");
     }
     assert_no_failures(&failures);
 }
@@ -236,4 +240,133 @@ fn standalone_node_is_right_when_another_pod_holds_the_same_tap_name() {
     assert_ne!(mine, pod2.tap_dev(&other));
     let tap = lab.pod_tap_path(&lab.container_id, POD_IFNAME);
     lab.assert_device_node(&tap, &lab.pod, &link, 107, 107);
+}
+
+#[test]
+fn attach_host_link_of_another_kind_is_refused_with_102() {
+    let lab = lab("dp-attach-host-veth");
+    let state = lab.state_dir();
+    write_resources(
+        &state,
+        &[Resource::new("dataplane", LOWER, 8, BASE).attach("host")],
+    );
+    // Something that is not the device plugin's macvtap under its name.
+    lab.node.ip_ok(&[
+        "link",
+        "add",
+        "mvtap4100",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "mvpeer",
+    ]);
+    let plugin = lab.plugin("ADD", &dp_config(&state, "dataplane-4"));
+    let mut failures = Vec::new();
+    expect_refused(&lab, "attach host, veth", &plugin, &[102], &mut failures);
+    assert_no_failures(&failures);
+    assert!(lab.node.link("mvtap4100").is_some(), "the veth was moved");
+}
+
+#[test]
+fn attach_host_rollback_gives_the_link_back_to_the_host() {
+    let lab = lab("dp-attach-host-rollback");
+    let state = lab.state_dir();
+    write_resources(
+        &state,
+        &[Resource::new("dataplane", LOWER, 8, BASE).attach("host")],
+    );
+    lab.node.ip_ok(&[
+        "link",
+        "add",
+        "link",
+        LOWER,
+        "name",
+        "mvtap4100",
+        "index",
+        "4100",
+        "type",
+        "macvtap",
+    ]);
+    let mut config = dp_config(&state, "dataplane-4");
+    config["ipam"] = json!({"type": "no-such-ipam"});
+    lab.add(&config).any_error();
+    let back = lab
+        .node
+        .link("mvtap4100")
+        .expect("the device plugin's link was not given back to the host");
+    assert_eq!(back.ifindex, 4100);
+    assert!(lab.pod.link(POD_IFNAME).is_none(), "link left in the pod");
+    assert!(files_under(&state.join("dev")).is_empty());
+    assert!(files_under(&state.join("pods")).is_empty());
+}
+
+#[test]
+fn an_out_of_range_ifindex_base_is_refused_cleanly() {
+    // resources.json is written by another program; a bad one must give a
+    // CNI error, not a panic or a link with some other ifindex.
+    let lab = lab("dp-bad-base");
+    let state = lab.state_dir();
+    let mut failures = Vec::new();
+    // u32::MAX and 3e9 are no kernel ifindex (a positive i32); base 0 makes
+    // index 0 "any ifindex" and index 1 the loopback's.
+    for base in [u64::from(u32::MAX), 3_000_000_000, 0] {
+        write_resources_json(
+            &state,
+            &json!({"resources": [{
+                "name": "dataplane", "lowerDevice": LOWER, "mode": "bridge",
+                "capacity": 4, "attach": "pod", "ifindexBase": base
+            }]}),
+        );
+        for id in ["dataplane-0", "dataplane-1"] {
+            let plugin = lab.plugin("ADD", &dp_config(&state, id));
+            let label = format!("ifindexBase {base}, {id}");
+            let out = plugin.run();
+            if let Err(e) = out.error_code() {
+                failures.push(format!("{label}: {e}"));
+            }
+            let left = lab.leftovers();
+            assert!(left.is_empty(), "{label}: left {left:#?}\n{out}");
+        }
+    }
+    assert_no_failures(&failures);
+}
+
+#[test]
+fn a_broken_resources_json_is_refused_cleanly() {
+    let lab = lab("dp-broken-resources");
+    let state = lab.state_dir();
+    std::fs::write(state.join("resources.json"), "{\"resources\": [").expect("write");
+    let out = lab.add(&dp_config(&state, "dataplane-1"));
+    out.any_error();
+    lab.assert_clean("ADD with a broken resources.json");
+}
+
+#[test]
+fn a_late_del_of_the_previous_owner_leaves_the_new_owners_node() {
+    // Pod 1 had dataplane-0; its sandbox vanished before its DEL ran, the
+    // device was given to pod 2, then pod 1's DEL arrives late. Pod 2's
+    // device node (same path) must survive it.
+    let mut lab = lab("dp-late-del");
+    let state = lab.state_dir();
+    write_resources(&state, &[Resource::new("dataplane", LOWER, 4, BASE)]);
+    let config = dp_config(&state, "dataplane-0");
+    lab.add(&config).result();
+    lab.pod.delete();
+
+    let pod2 = lab.netns("pod2");
+    let cid2 = lab.other_container_id("b");
+    let r2 = lab
+        .plugin("ADD", &config)
+        .container_id(&cid2)
+        .netns(pod2.path())
+        .run()
+        .result();
+    let l2 = assert_attached(&lab, &pod2, &r2, POD_IFNAME, "bridge");
+    let node = dev_node(&state, "dataplane-0");
+    lab.assert_device_node(&node, &pod2, &l2, 107, 107);
+
+    lab.del(&config).success(); // pod 1's late DEL
+    assert!(pod2.link(POD_IFNAME).is_some(), "pod 2's link was removed");
+    lab.assert_device_node(&node, &pod2, &l2, 107, 107);
 }

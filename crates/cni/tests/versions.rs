@@ -179,3 +179,42 @@ fn result_1_1_0_with_ipam() {
         .collect();
     assert_eq!(adds, vec![format!("ADD {} {POD_IFNAME}", lab.container_id)]);
 }
+
+#[test]
+fn chained_add_keeps_the_previous_result() {
+    let lab = lab("chained");
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "mac": "02:00:00:00:99:01", "sandbox": sandbox(&lab)}],
+        "ips": [{"address": "10.200.7.5/24", "gateway": "10.200.7.1", "interface": 0}],
+        "routes": [{"dst": "10.200.8.0/24"}]
+    });
+    let mut config = lab.config("1.0.0");
+    config["ipam"] = lab.host_local(1);
+    config["prevResult"] = prev;
+    let result = lab.add(&config).result();
+
+    assert_eq!(result["interfaces"][0]["name"], "eth0", "{result}");
+    let ours = pod_interface(&result, POD_IFNAME, &sandbox(&lab));
+    assert_eq!(ours, 1, "{result}");
+    let ips = result["ips"].as_array().expect("ips");
+    assert!(
+        ips.iter()
+            .any(|ip| ip["address"] == "10.200.7.5/24" && ip["interface"] == 0),
+        "previous address lost: {result}"
+    );
+    assert!(
+        ips.iter().any(|ip| ip["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("10.200.1."))
+            && ip["interface"] == 1),
+        "our address missing or not pointing at our interface: {result}"
+    );
+    let routes = result["routes"].as_array().expect("routes");
+    for dst in ["10.200.8.0/24", "10.200.2.0/24"] {
+        assert!(
+            routes.iter().any(|r| r["dst"] == dst),
+            "route {dst} missing: {result}"
+        );
+    }
+}
