@@ -371,17 +371,17 @@ mod tests {
 
         let err = lab
             .plugin("ADD", &Value::Null)
-            .stdin("echo '{\"code\": 7, \"msg\": \"bad\"}'; exit 1\n")
+            .stdin("echo '{\"cniVersion\": \"1.0.0\", \"code\": 7, \"msg\": \"bad\"}'; exit 1\n")
             .run();
         assert_eq!(err.error_code(), Ok(7));
         let no_msg = lab
             .plugin("ADD", &Value::Null)
-            .stdin("echo '{\"code\": 7, \"msg\": \"\"}'; exit 1\n")
+            .stdin("echo '{\"cniVersion\": \"1.0.0\", \"code\": 7, \"msg\": \"\"}'; exit 1\n")
             .run();
         assert!(no_msg.error_code().is_err(), "an empty msg must not pass");
         let exit2 = lab
             .plugin("ADD", &Value::Null)
-            .stdin("echo '{\"code\": 7, \"msg\": \"x\"}'; exit 2\n")
+            .stdin("echo '{\"cniVersion\": \"1.0.0\", \"code\": 7, \"msg\": \"x\"}'; exit 2\n")
             .run();
         assert!(exit2.error_code().is_err(), "exit status 2 must not pass");
     }

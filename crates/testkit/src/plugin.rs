@@ -220,7 +220,8 @@ impl PluginOutput {
     }
 
     /// Checks the error contract: exit status 1, no panic, stdout a JSON
-    /// object with an integer `code` and a non-empty `msg`. Returns the code.
+    /// object with a `cniVersion`, an integer `code` and a non-empty `msg`.
+    /// Returns the code.
     pub fn error_code(&self) -> Result<i64, String> {
         if self.panicked() {
             return Err(format!("plugin panicked\n{self}"));
@@ -237,6 +238,10 @@ impl PluginOutput {
         let Some(code) = json.get("code").and_then(Value::as_i64) else {
             return Err(format!("error JSON has no integer `code`\n{self}"));
         };
+        // docs/cni-plugin.md: errors are {"cniVersion", "code", "msg", "details"}.
+        if !json.get("cniVersion").is_some_and(Value::is_string) {
+            return Err(format!("error JSON has no `cniVersion` string\n{self}"));
+        }
         let msg_ok = json
             .get("msg")
             .and_then(Value::as_str)
