@@ -205,3 +205,23 @@ fn link_in_container_does_not_look_in_the_host() {
     lab.add(&config).error(100);
     lab.assert_clean("ADD with linkInContainer and no lower in the pod");
 }
+
+#[test]
+fn the_macvtap_never_appears_in_node() {
+    // Created directly in the pod: NODE must not even see it pass through
+    // (no create-then-move).
+    let lab = lab("never-in-node");
+    let monitor = LinkMonitor::start(&lab.node);
+    let result = lab.add(&lab.config("1.0.0")).result();
+    monitor.sync();
+    assert_attached(&lab, &lab.pod, &result, POD_IFNAME, "bridge");
+    // Any link event in NODE other than for up0 and the monitor's probes
+    // means a link was made (or moved) there.
+    let up0 = format!(": {LOWER}@");
+    let seen: Vec<String> = monitor
+        .lines()
+        .into_iter()
+        .filter(|l| !l.contains(&up0) && !l.contains("mvprobe"))
+        .collect();
+    assert!(seen.is_empty(), "NODE saw the macvtap: {seen:#?}");
+}
