@@ -47,18 +47,10 @@ impl Lab {
         let dir = TempDir::new(test);
         // The veth is made from inside NODE so no name is ever looked up in
         // (or could clash with) the root namespace.
-        node.ip_ok(&[
-            "link",
-            "add",
-            LOWER,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            lan.name(),
-        ]);
+        node.ip_cmd(&format!(
+            "link add {LOWER} type veth peer name lan0 netns {}",
+            lan.name()
+        ));
         node.ip_ok(&["link", "set", LOWER, "up"]);
         lan.ip_ok(&["link", "set", "lan0", "up"]);
         let lab = Lab {

@@ -91,6 +91,12 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ip -n <ns> <line>`, the line split on whitespace; panics on failure.
+    pub fn ip_cmd(&self, line: &str) -> String {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        self.ip_ok(&args)
+    }
+
     /// `ip -n <ns> -j <args>` parsed; an empty answer is an empty array.
     pub fn ip_json(&self, args: &[&str]) -> Value {
         let mut full = vec!["-j"];
