@@ -156,18 +156,10 @@ fn a_missing_state_dir_is_created() {
 fn link_in_container_uses_a_lower_device_inside_the_pod() {
     let lab = lab("link-in-container");
     // A lower device that lives in POD (its peer in LAN).
-    lab.pod.ip_ok(&[
-        "link",
-        "add",
-        "podup0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "lan1",
-        "netns",
-        lab.lan.name(),
-    ]);
+    lab.pod.ip_cmd(&format!(
+        "link add podup0 type veth peer name lan1 netns {}",
+        lab.lan.name()
+    ));
     lab.pod.ip_ok(&["link", "set", "podup0", "up"]);
     let mut config = lab.config("1.0.0");
     config["master"] = json!("podup0");

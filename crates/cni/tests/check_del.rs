@@ -196,18 +196,10 @@ fn del_in_spec_0_3_0_succeeds() {
 fn del_leaves_a_link_it_did_not_create() {
     let lab = lab("del-foreign");
     // A macvtap with the pod's ifname, made by someone else.
-    lab.node.ip_ok(&[
-        "link",
-        "add",
-        "link",
-        LOWER,
-        "name",
-        POD_IFNAME,
-        "netns",
-        lab.pod.name(),
-        "type",
-        "macvtap",
-    ]);
+    lab.node.ip_cmd(&format!(
+        "link add link {LOWER} name {POD_IFNAME} netns {} type macvtap",
+        lab.pod.name()
+    ));
     let before = lab.pod.expect_link(POD_IFNAME);
     lab.del(&lab.config("1.0.0")).success();
     let after = lab
@@ -252,9 +244,8 @@ fn del_leaves_a_link_that_replaced_the_plugins_own() {
     lab.add(&config).result();
     // Someone deletes our macvtap and puts their own link under the name.
     lab.pod.ip_ok(&["link", "del", POD_IFNAME]);
-    lab.pod.ip_ok(&[
-        "link", "add", POD_IFNAME, "type", "veth", "peer", "name", "peer1",
-    ]);
+    lab.pod
+        .ip_cmd(&format!("link add {POD_IFNAME} type veth peer name peer1"));
     let theirs = lab.pod.expect_link(POD_IFNAME);
     lab.del(&config).success();
     let after = lab

@@ -52,9 +52,8 @@ fn assert_add_refused_and_link_untouched(lab: &Lab) {
 #[test]
 fn existing_veth_with_the_ifname_is_refused_with_101() {
     let lab = lab("exists-veth");
-    lab.pod.ip_ok(&[
-        "link", "add", POD_IFNAME, "type", "veth", "peer", "name", "peer1",
-    ]);
+    lab.pod
+        .ip_cmd(&format!("link add {POD_IFNAME} type veth peer name peer1"));
     lab.pod
         .ip_ok(&["addr", "add", "10.200.5.5/24", "dev", POD_IFNAME]);
     lab.pod.ip_ok(&["link", "set", POD_IFNAME, "up"]);
@@ -64,19 +63,9 @@ fn existing_veth_with_the_ifname_is_refused_with_101() {
 #[test]
 fn existing_foreign_macvtap_with_the_ifname_is_refused_with_101() {
     let lab = lab("exists-macvtap");
-    lab.node.ip_ok(&[
-        "link",
-        "add",
-        "link",
-        LOWER,
-        "name",
-        POD_IFNAME,
-        "netns",
-        lab.pod.name(),
-        "type",
-        "macvtap",
-        "mode",
-        "vepa",
-    ]);
+    lab.node.ip_cmd(&format!(
+        "link add link {LOWER} name {POD_IFNAME} netns {} type macvtap mode vepa",
+        lab.pod.name()
+    ));
     assert_add_refused_and_link_untouched(&lab);
 }

@@ -127,10 +127,9 @@ fn attach_host_moves_the_device_plugins_link_into_the_pod() {
     // What the device plugin does at Allocate for index 4.
     let ifindex = (BASE + 4).to_string();
     let host_name = format!("mvtap{ifindex}");
-    lab.node.ip_ok(&[
-        "link", "add", "link", LOWER, "name", &host_name, "index", &ifindex, "type", "macvtap",
-        "mode", "bridge",
-    ]);
+    lab.node.ip_cmd(&format!(
+        "link add link {LOWER} name {host_name} index {ifindex} type macvtap mode bridge"
+    ));
     let result = lab.add(&dp_config(&state, "dataplane-4")).result();
     let link = assert_attached(&lab, &lab.pod, &result, POD_IFNAME, "bridge");
     assert_eq!(link.ifindex, u64::from(BASE + 4));
@@ -214,20 +213,10 @@ fn standalone_node_is_right_when_another_pod_holds_the_same_tap_name() {
     // ifindex 2 too, and its node must still be its own device.
     let lab = lab("clash-standalone");
     let pod2 = lab.netns("pod2");
-    lab.node.ip_ok(&[
-        "link",
-        "add",
-        "link",
-        LOWER,
-        "name",
-        "other0",
-        "index",
-        "2",
-        "netns",
-        pod2.name(),
-        "type",
-        "macvtap",
-    ]);
+    lab.node.ip_cmd(&format!(
+        "link add link {LOWER} name other0 index 2 netns {} type macvtap",
+        pod2.name()
+    ));
     let other = pod2.expect_link("other0");
     let result = lab.add(&lab.config("1.0.0")).result();
     let link = lab.pod.expect_link(POD_IFNAME);
@@ -251,16 +240,8 @@ fn attach_host_link_of_another_kind_is_refused_with_102() {
         &[Resource::new("dataplane", LOWER, 8, BASE).attach("host")],
     );
     // Something that is not the device plugin's macvtap under its name.
-    lab.node.ip_ok(&[
-        "link",
-        "add",
-        "mvtap4100",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "mvpeer",
-    ]);
+    lab.node
+        .ip_cmd("link add mvtap4100 type veth peer name mvpeer");
     let plugin = lab.plugin("ADD", &dp_config(&state, "dataplane-4"));
     let mut failures = Vec::new();
     expect_refused(&lab, "attach host, veth", &plugin, &[102], &mut failures);
@@ -276,18 +257,9 @@ fn attach_host_rollback_gives_the_link_back_to_the_host() {
         &state,
         &[Resource::new("dataplane", LOWER, 8, BASE).attach("host")],
     );
-    lab.node.ip_ok(&[
-        "link",
-        "add",
-        "link",
-        LOWER,
-        "name",
-        "mvtap4100",
-        "index",
-        "4100",
-        "type",
-        "macvtap",
-    ]);
+    lab.node.ip_cmd(&format!(
+        "link add link {LOWER} name mvtap4100 index 4100 type macvtap mode bridge"
+    ));
     let mut config = dp_config(&state, "dataplane-4");
     config["ipam"] = json!({"type": "no-such-ipam"});
     lab.add(&config).any_error();
@@ -369,4 +341,73 @@ fn a_late_del_of_the_previous_owner_leaves_the_new_owners_node() {
     lab.del(&config).success(); // pod 1's late DEL
     assert!(pod2.link(POD_IFNAME).is_some(), "pod 2's link was removed");
     lab.assert_device_node(&node, &pod2, &l2, 107, 107);
+}
+
+#[test]
+fn check_passes_after_a_device_id_add() {
+    let lab = lab("dp-check");
+    let state = lab.state_dir();
+    write_resources(
+        &state,
+        &[Resource::new("dataplane", LOWER, 4, BASE).mode("vepa")],
+    );
+    let config = dp_config(&state, "dataplane-1");
+    let result = lab.add(&config).result();
+    lab.check(&config, &result).success();
+    lab.pod
+        .ip_cmd(&format!("link set {POD_IFNAME} type macvtap mode bridge"));
+    lab.check(&config, &result).error(107);
+}
+
+#[test]
+fn del_works_after_resources_json_is_gone() {
+    // A reconfigured or reinstalled device plugin must not strand pods.
+    let lab = lab("dp-del-no-resources");
+    let state = lab.state_dir();
+    write_resources(&state, &[Resource::new("dataplane", LOWER, 4, BASE)]);
+    let config = dp_config(&state, "dataplane-3");
+    lab.add(&config).result();
+    std::fs::remove_file(state.join("resources.json")).expect("remove resources.json");
+    lab.del(&config).success();
+    lab.assert_clean("DEL without resources.json");
+    assert!(lab.pod.link(POD_IFNAME).is_none());
+}
+
+#[test]
+fn a_taken_promised_ifindex_fails_and_leaves_the_other_link_alone() {
+    let lab = lab("dp-ifindex-taken");
+    let state = lab.state_dir();
+    write_resources(&state, &[Resource::new("dataplane", LOWER, 4, BASE)]);
+    let taken = (BASE + 1).to_string();
+    lab.pod.ip_cmd(&format!(
+        "link add other0 index {taken} type veth peer name other1"
+    ));
+    let plugin = lab.plugin("ADD", &dp_config(&state, "dataplane-1"));
+    let mut failures = Vec::new();
+    expect_refused(&lab, "ifindex taken", &plugin, &[103], &mut failures);
+    assert_no_failures(&failures);
+    let other = lab.pod.expect_link("other0");
+    assert_eq!(other.ifindex, u64::from(BASE + 1));
+    assert_eq!(other.kind.as_deref(), Some("veth"));
+}
+
+#[test]
+fn attach_host_applies_the_configured_mac_and_mtu() {
+    let lab = lab("dp-attach-host-mac");
+    let state = lab.state_dir();
+    write_resources(
+        &state,
+        &[Resource::new("dataplane", LOWER, 8, BASE).attach("host")],
+    );
+    lab.node.ip_cmd(&format!(
+        "link add link {LOWER} name mvtap4098 index 4098 type macvtap mode bridge"
+    ));
+    let mut config = dp_config(&state, "dataplane-2");
+    config["mac"] = json!("02:00:00:00:77:01");
+    config["mtu"] = json!(1400);
+    let result = lab.add(&config).result();
+    let link = assert_attached(&lab, &lab.pod, &result, POD_IFNAME, "bridge");
+    assert_eq!(link.mac, "02:00:00:00:77:01");
+    assert_eq!(link.mtu, 1400);
+    assert_eq!(link.ifindex, 4098);
 }
