@@ -85,9 +85,11 @@ fn kernel(e: macvtap_net::Error) -> CniError {
     }
 }
 
-/// Open a netlink socket inside `ns`.
+/// Open a netlink socket inside `ns`. The plugin is a single-threaded
+/// process, so it enters namespaces on its own thread for a moment
+/// ([`NetNs::run_here`]) instead of paying for a helper thread.
 fn netlink_in(ns: &NetNs) -> Result<Netlink> {
-    ns.run(Netlink::open).map_err(kernel)?.map_err(kernel)
+    ns.run_here(Netlink::open).map_err(kernel)?.map_err(kernel)
 }
 
 /// Where the macvtap comes from and where its node goes, fully resolved.
@@ -293,7 +295,7 @@ fn attach(
     }
 
     let dev = pod
-        .run(|| tap_device_number(ifname, link.index))
+        .run_here(|| tap_device_number(ifname, link.index))
         .map_err(kernel)?
         .map_err(kernel)?;
     if let Some(dir) = target.node_path.parent() {
@@ -616,7 +618,7 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
 fn check_node(pod: &NetNs, ifname: &str, link: &Link, node: &Path, cfg: &Config) -> Result<()> {
     let differs = |m: String| err(code::CHECK_FAILED, m);
     let want = pod
-        .run(|| tap_device_number(ifname, link.index))
+        .run_here(|| tap_device_number(ifname, link.index))
         .map_err(kernel)?
         .map_err(kernel)?;
     let info = NodeInfo::stat(node)

@@ -74,12 +74,14 @@ impl Command {
             "STATUS" => Command::Status,
             "GC" => Command::Gc,
             "" => return Err(err(code::INVALID_ENVIRONMENT, "CNI_COMMAND is not set")),
-            other => return Err(err(
-                code::INVALID_ENVIRONMENT,
-                format!(
+            other => {
+                return Err(err(
+                    code::INVALID_ENVIRONMENT,
+                    format!(
                     "unknown CNI_COMMAND {other:?} (want ADD, DEL, CHECK, VERSION, STATUS or GC)"
                 ),
-            )),
+                ))
+            }
         })
     }
 

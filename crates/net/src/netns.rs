@@ -94,6 +94,27 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// Run `f` on the calling thread while it is inside this namespace, and
+    /// put the thread back where it was before returning.
+    ///
+    /// Cheaper than [`NetNs::run`] (two `setns` instead of a thread), for
+    /// short synchronous work on a thread nobody else borrows meanwhile: never
+    /// an async executor's worker. Threads or processes started by `f` are
+    /// born inside this namespace. If the thread cannot be put back the
+    /// process aborts rather than go on in the wrong namespace.
+    pub fn run_here<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let home = NetNs::current()?;
+        enter(self.fd.as_fd(), &self.path)?;
+        let out = f();
+        if let Err(e) = enter(home.fd.as_fd(), &home.path) {
+            eprintln!("fatal: cannot return to the original network namespace: {e}");
+            std::process::abort();
+        }
+        Ok(out)
+    }
+}
+
 impl AsFd for NetNs {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
