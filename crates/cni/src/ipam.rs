@@ -12,13 +12,51 @@ use crate::error::{code, err, CniError, Result};
 /// One IPAM plugin invocation's context.
 #[derive(Debug, Clone)]
 pub struct Ipam<'a> {
-    pub plugin: &'a str,
-    pub cni_path: &'a str,
+    plugin: &'a str,
+    cni_path: &'a str,
     /// The network configuration exactly as this plugin received it.
-    pub config: &'a [u8],
+    config: &'a [u8],
+    /// What the IPAM plugin gets on stdin (see [`Ipam::negotiated_config`]).
+    negotiated: std::cell::OnceCell<Vec<u8>>,
 }
 
-impl Ipam<'_> {
+impl<'a> Ipam<'a> {
+    pub fn new(plugin: &'a str, cni_path: &'a str, config: &'a [u8]) -> Self {
+        Ipam {
+            plugin,
+            cni_path,
+            config,
+            negotiated: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The configuration as the IPAM plugin can take it. Spec 1.1.0 only
+    /// added commands and result fields, so when the plugin does not speak
+    /// 1.1.0 (Debian 12's host-local stops at 1.0.0) it gets the same
+    /// configuration as 1.0.0; its result is read version-independently.
+    fn negotiated_config(&self) -> &[u8] {
+        self.negotiated.get_or_init(|| {
+            let Ok(mut value) = serde_json::from_slice::<Value>(self.config) else {
+                return self.config.to_vec();
+            };
+            if value.get("cniVersion").and_then(Value::as_str) != Some("1.1.0") {
+                return self.config.to_vec();
+            }
+            let speaks_110 = self
+                .exec_raw("VERSION", &[], br#"{"cniVersion":"1.1.0"}"#)
+                .ok()
+                .flatten()
+                .and_then(|v| v.get("supportedVersions").cloned())
+                .and_then(|v| v.as_array().map(|a| a.iter().any(|x| x == "1.1.0")));
+            if speaks_110 == Some(false) {
+                value["cniVersion"] = "1.0.0".into();
+                serde_json::to_vec(&value).unwrap_or_else(|_| self.config.to_vec())
+            } else {
+                self.config.to_vec()
+            }
+        })
+    }
+
     /// Where the plugin binary is, searching `CNI_PATH` in order.
     pub fn find(&self) -> Result<PathBuf> {
         if self.cni_path.is_empty() {
@@ -47,6 +85,16 @@ impl Ipam<'_> {
     /// variables (GC releases other attachments than the current one).
     /// Returns the parsed stdout, if any.
     pub fn exec(&self, command: &str, overrides: &[(&str, &str)]) -> Result<Option<Value>> {
+        let config = self.negotiated_config().to_vec();
+        self.exec_raw(command, overrides, &config)
+    }
+
+    fn exec_raw(
+        &self,
+        command: &str,
+        overrides: &[(&str, &str)],
+        config: &[u8],
+    ) -> Result<Option<Value>> {
         let binary = self.find()?;
         let mut cmd = Command::new(&binary);
         cmd.env("CNI_COMMAND", command)
@@ -72,7 +120,7 @@ impl Ipam<'_> {
         let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
         if let Some(mut stdin) = child.stdin.take() {
             // A plugin that exits without reading gives EPIPE: its exit tells.
-            let _ = stdin.write_all(self.config);
+            let _ = stdin.write_all(config);
         }
         let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
         let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();

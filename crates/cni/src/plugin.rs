@@ -119,6 +119,7 @@ impl Target {
             }),
             Source::Device(id) => {
                 let node = cfg.state.load_config()?;
+                node.validate()?;
                 let dev = node.resolve(&cfg.state, id)?;
                 let mode = dev.resource.mode.parse().map_err(|e: String| {
                     err(
@@ -160,11 +161,10 @@ fn add(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<Value> {
     let ifname = env.require_ifname()?;
     let netns_path = env.require_netns()?;
     let pod = NetNs::open(netns_path).map_err(kernel)?;
-    let ipam = cfg.ipam.as_ref().map(|i| Ipam {
-        plugin: &i.plugin,
-        cni_path: &env.path,
-        config: stdin,
-    });
+    let ipam = cfg
+        .ipam
+        .as_ref()
+        .map(|i| Ipam::new(&i.plugin, &env.path, stdin));
     if let Some(ipam) = &ipam {
         ipam.find()?; // fail before touching anything
     }
@@ -243,22 +243,25 @@ fn attach(
                 ifindex: target.ifindex,
                 netns_fd: (!cfg.link_in_container).then(|| pod.raw_fd()),
             };
-            lower_nl
-                .create_macvtap(&spec)
-                .map_err(|e| match e.errno() {
-                    Some(libc::EEXIST) => err(
+            let created = lower_nl.create_macvtap(&spec);
+            if let Err(e) = created {
+                // EEXIST is the name, or (when we asked for one) the ifindex.
+                let name_taken = e.errno() == Some(libc::EEXIST)
+                    && pod_nl.link_by_name(ifname).map_err(kernel)?.is_some();
+                return Err(match (e.errno(), spec.ifindex) {
+                    (Some(libc::EEXIST), _) if name_taken => err(
                         code::INTERFACE_EXISTS,
                         format!("interface {ifname:?} already exists in the pod"),
                     ),
-                    Some(libc::EBUSY) => err(
+                    (Some(libc::EEXIST | libc::EBUSY), Some(index)) => err(
                         code::KERNEL,
                         format!(
-                            "ifindex {} is already taken in the pod: {e}",
-                            spec.ifindex.unwrap_or(0)
+                            "ifindex {index} promised for this device is already taken in the pod"
                         ),
                     ),
                     _ => kernel(e),
-                })?;
+                });
+            }
         }
         Attach::Host => {
             let name = target
@@ -313,6 +316,10 @@ fn attach(
         ifindex: link.index,
         device_id: target.device.as_ref().map(|d| d.device_id.clone()),
         node_path: target.node_path.clone(),
+        node_inode: std::fs::symlink_metadata(&target.node_path).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        }),
         mac: mac.clone(),
     };
     undo.record = true;
@@ -450,16 +457,12 @@ fn del(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
         if let Err(e) = remove_link(netns, record) {
             errors.push(e);
         }
-        if let Err(e) = remove_file_if_exists(&record.node_path) {
+        if let Err(e) = record.remove_node() {
             errors.push(e.into());
         }
     }
     if let Some(i) = &cfg.ipam {
-        let ipam = Ipam {
-            plugin: &i.plugin,
-            cni_path: &env.path,
-            config: stdin,
-        };
+        let ipam = Ipam::new(&i.plugin, &env.path, stdin);
         if let Err(e) = ipam.exec("DEL", &[]) {
             errors.push(e);
         }
@@ -605,12 +608,7 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     }
     check_node(&pod, ifname, &link, &record.node_path, cfg)?;
     if let Some(i) = &cfg.ipam {
-        Ipam {
-            plugin: &i.plugin,
-            cni_path: &env.path,
-            config: stdin,
-        }
-        .exec("CHECK", &[])?;
+        Ipam::new(&i.plugin, &env.path, stdin).exec("CHECK", &[])?;
     }
     Ok(())
 }
@@ -670,13 +668,9 @@ fn status(cfg: &Config, env: &Env) -> Result<()> {
         Source::Lower { .. } => {}
     }
     if let Some(i) = &cfg.ipam {
-        Ipam {
-            plugin: &i.plugin,
-            cni_path: &env.path,
-            config: &[],
-        }
-        .find()
-        .map_err(|e| unavailable(e.msg))?;
+        Ipam::new(&i.plugin, &env.path, &[])
+            .find()
+            .map_err(|e| unavailable(e.msg))?;
     }
     Ok(())
 }
@@ -698,16 +692,12 @@ fn gc(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
             errors.push(e);
             failed = true;
         }
-        if let Err(e) = remove_file_if_exists(&record.node_path) {
+        if let Err(e) = record.remove_node() {
             errors.push(e.into());
             failed = true;
         }
         if let Some(i) = &cfg.ipam {
-            let ipam = Ipam {
-                plugin: &i.plugin,
-                cni_path: &env.path,
-                config: stdin,
-            };
+            let ipam = Ipam::new(&i.plugin, &env.path, stdin);
             let overrides = [
                 ("CNI_CONTAINERID", record.container_id.as_str()),
                 ("CNI_IFNAME", record.ifname.as_str()),

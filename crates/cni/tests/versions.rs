@@ -158,6 +158,20 @@ fn result_1_0_0_with_host_local() {
 }
 
 #[test]
+fn result_1_1_0_with_host_local_that_speaks_only_1_0_0() {
+    // The plugin asks the IPAM plugin's VERSION and hands it a 1.0.0
+    // configuration; the result still comes out in 1.1.0's shape, and DEL
+    // releases the lease through the same negotiation.
+    result_with_host_local("1.1.0");
+    let lab = lab("shape-ipam-negotiated-del");
+    let mut config = lab.config("1.1.0");
+    config["ipam"] = lab.host_local(1);
+    lab.add(&config).result();
+    lab.del(&config).success();
+    lab.assert_clean("DEL after a negotiated 1.1.0 ADD");
+}
+
+#[test]
 fn result_1_1_0_with_ipam() {
     // Debian's host-local (1.1.1) stops at spec 1.0.0, so a stand-in IPAM
     // plugin that speaks 1.1.0 answers here.

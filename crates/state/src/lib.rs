@@ -247,7 +247,28 @@ pub struct AttachmentRecord {
     pub ifindex: u32,
     pub device_id: Option<String>,
     pub node_path: PathBuf,
+    /// Inode of the device node this attachment made. Device-plugin nodes
+    /// live at one path per deviceID, and a late DEL of a previous owner
+    /// must not remove the node a new owner made there.
+    #[serde(default)]
+    pub node_inode: Option<u64>,
     pub mac: String,
+}
+
+impl AttachmentRecord {
+    /// Remove this attachment's device node if the file at its path is
+    /// still the one it made. Missing is fine.
+    pub fn remove_node(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        match fs::symlink_metadata(&self.node_path) {
+            Ok(meta) if self.node_inode.is_none_or(|ino| ino == meta.ino()) => {
+                remove_file_if_exists(&self.node_path)
+            }
+            Ok(_) => Ok(()), // someone else's node now
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("stat", &self.node_path)(e)),
+        }
+    }
 }
 
 /// The state directory.
