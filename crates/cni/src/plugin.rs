@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use macvtap_net::{
-    make_device_node, tap_device_number, Link, MacAddr, MacvtapMode, MacvtapSpec, NetNs, Netlink,
-    NodeInfo, RouteSpec,
+    make_device_node, tap_device_number, DeviceNumber, Link, MacAddr, MacvtapMode, MacvtapSpec,
+    NetNs, Netlink, NodeInfo, RouteSpec, SysfsView,
 };
 use macvtap_state::{remove_file_if_exists, Attach, AttachmentRecord, ResolvedDevice};
 use serde_json::{json, Value};
@@ -92,6 +92,42 @@ fn netlink_in(ns: &NetNs) -> Result<Netlink> {
     ns.run_here(Netlink::open).map_err(kernel)?.map_err(kernel)
 }
 
+/// A pod's namespace as ADD and CHECK use it: a netlink socket and a sysfs
+/// view, both made inside it in one visit and usable from here after.
+struct Pod {
+    ns: NetNs,
+    nl: Netlink,
+    sysfs: Option<SysfsView>,
+}
+
+impl Pod {
+    fn open(path: &str) -> Result<Pod> {
+        let ns = NetNs::open(path).map_err(kernel)?;
+        let (nl, sysfs) = ns
+            .run_here(|| (Netlink::open(), SysfsView::here().ok()))
+            .map_err(kernel)?;
+        Ok(Pod {
+            nl: nl.map_err(kernel)?,
+            sysfs,
+            ns,
+        })
+    }
+
+    /// The tap device number of the pod's macvtap, from sysfs as the pod
+    /// sees it.
+    fn tap_device_number(&self, ifname: &str, ifindex: u32) -> Result<DeviceNumber> {
+        match &self.sysfs {
+            Some(view) => view.tap_device_number(ifname, ifindex).map_err(kernel),
+            // Old kernels: a private mount namespace, on a disposable thread.
+            None => self
+                .ns
+                .run(|| tap_device_number(ifname, ifindex))
+                .map_err(kernel)?
+                .map_err(kernel),
+        }
+    }
+}
+
 /// Where the macvtap comes from and where its node goes, fully resolved.
 struct Target {
     lower: String,
@@ -160,7 +196,7 @@ fn add(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<Value> {
     let container_id = env.require_container_id()?;
     let ifname = env.require_ifname()?;
     let netns_path = env.require_netns()?;
-    let pod = NetNs::open(netns_path).map_err(kernel)?;
+    let mut pod = Pod::open(netns_path)?;
     let ipam = cfg
         .ipam
         .as_ref()
@@ -170,8 +206,8 @@ fn add(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<Value> {
     }
     let _lock = cfg.state.lock()?;
     let target = Target::resolve(cfg, container_id, ifname)?;
-    let mut pod_nl = netlink_in(&pod)?;
-    if pod_nl.link_by_name(ifname).map_err(kernel)?.is_some() {
+    if target.attach() == Attach::Host && pod.nl.link_by_name(ifname).map_err(kernel)?.is_some() {
+        // (For attach: pod the kernel's EEXIST on create says the same.)
         return Err(err(
             code::INTERFACE_EXISTS,
             format!("interface {ifname:?} already exists in {netns_path}"),
@@ -183,8 +219,7 @@ fn add(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<Value> {
         cfg,
         env,
         &target,
-        &pod,
-        &mut pod_nl,
+        &mut pod,
         &mut host_nl,
         &mut undo,
         ipam.as_ref(),
@@ -192,7 +227,7 @@ fn add(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<Value> {
     match attached {
         Ok(result) => Ok(result),
         Err(e) => {
-            rollback(cfg, env, &pod, &mut pod_nl, undo, ipam.as_ref());
+            rollback(cfg, env, &mut pod, undo, ipam.as_ref());
             Err(e)
         }
     }
@@ -203,8 +238,7 @@ fn attach(
     cfg: &Config,
     env: &Env,
     target: &Target,
-    pod: &NetNs,
-    pod_nl: &mut Netlink,
+    pod: &mut Pod,
     host_nl: &mut Netlink,
     undo: &mut Undo,
     ipam: Option<&Ipam<'_>>,
@@ -213,7 +247,7 @@ fn attach(
     match target.attach() {
         Attach::Pod => {
             let lower_nl = if cfg.link_in_container {
-                &mut *pod_nl
+                &mut pod.nl
             } else {
                 &mut *host_nl
             };
@@ -241,13 +275,13 @@ fn attach(
                 promisc: cfg.promisc,
                 up: true,
                 ifindex: target.ifindex,
-                netns_fd: (!cfg.link_in_container).then(|| pod.raw_fd()),
+                netns_fd: (!cfg.link_in_container).then(|| pod.ns.raw_fd()),
             };
             let created = lower_nl.create_macvtap(&spec);
             if let Err(e) = created {
                 // EEXIST is the name, or (when we asked for one) the ifindex.
                 let name_taken = e.errno() == Some(libc::EEXIST)
-                    && pod_nl.link_by_name(ifname).map_err(kernel)?.is_some();
+                    && pod.nl.link_by_name(ifname).map_err(kernel)?.is_some();
                 return Err(match (e.errno(), spec.ifindex) {
                     (Some(libc::EEXIST), _) if name_taken => err(
                         code::INTERFACE_EXISTS,
@@ -274,17 +308,18 @@ fn attach(
                 err(code::DEVICE_NOT_OFFERED, format!("the device plugin's macvtap {name:?} for this device does not exist in the host namespace"))
             })?;
             host_nl
-                .move_link(link.index, pod.raw_fd(), ifname)
+                .move_link(link.index, pod.ns.raw_fd(), ifname)
                 .map_err(kernel)?;
-            let moved = pod_nl.link_by_name(ifname).map_err(kernel)?;
+            let moved = pod.nl.link_by_name(ifname).map_err(kernel)?;
             let moved = moved.ok_or_else(|| err(code::KERNEL, "the moved link vanished"))?;
             undo.link = Some((moved.index, Some(name)));
-            pod_nl
+            pod.nl
                 .configure_link(moved.index, cfg.mac, cfg.mtu, Some(cfg.promisc), Some(true))
                 .map_err(kernel)?;
         }
     }
-    let link = pod_nl
+    let link = pod
+        .nl
         .link_by_name(ifname)
         .map_err(kernel)?
         .ok_or_else(|| {
@@ -297,10 +332,7 @@ fn attach(
         undo.link = Some((link.index, None));
     }
 
-    let dev = pod
-        .run_here(|| tap_device_number(ifname, link.index))
-        .map_err(kernel)?
-        .map_err(kernel)?;
+    let dev = pod.tap_device_number(ifname, link.index)?;
     if let Some(dir) = target.node_path.parent() {
         cfg.state.ensure_dir(dir)?;
     }
@@ -348,7 +380,7 @@ fn attach(
         for ip in &mut leased.ips {
             ip.interface = Some(our_index);
         }
-        configure_addresses(pod_nl, &link, &leased)?;
+        configure_addresses(&mut pod.nl, &link, &leased)?;
         result.ips.extend(leased.ips);
         result.routes.extend(leased.routes);
         if leased
@@ -398,14 +430,7 @@ fn configure_addresses(nl: &mut Netlink, link: &Link, leased: &CniResult) -> Res
     Ok(())
 }
 
-fn rollback(
-    cfg: &Config,
-    env: &Env,
-    pod: &NetNs,
-    pod_nl: &mut Netlink,
-    undo: Undo,
-    ipam: Option<&Ipam<'_>>,
-) {
+fn rollback(cfg: &Config, env: &Env, pod: &mut Pod, undo: Undo, ipam: Option<&Ipam<'_>>) {
     if undo.ipam {
         if let Some(ipam) = ipam {
             let _ = ipam.exec("DEL", &[]);
@@ -422,18 +447,17 @@ fn rollback(
     }
     match undo.link {
         Some((index, None)) => {
-            let _ = pod_nl.delete_link(index);
+            let _ = pod.nl.delete_link(index);
         }
         Some((index, Some(host_name))) => {
             // The device plugin's link: give it back as it was.
             if let Ok(host) = NetNs::current() {
-                let _ = pod_nl.configure_link(index, None, None, None, Some(false));
-                let _ = pod_nl.move_link(index, host.raw_fd(), &host_name);
+                let _ = pod.nl.configure_link(index, None, None, None, Some(false));
+                let _ = pod.nl.move_link(index, host.raw_fd(), &host_name);
             }
         }
         None => {}
     }
-    let _ = pod;
 }
 
 fn del(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
@@ -511,7 +535,7 @@ fn combine(errors: Vec<CniError>) -> Result<()> {
 fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     let container_id = env.require_container_id()?;
     let ifname = env.require_ifname()?;
-    let pod = NetNs::open(env.require_netns()?).map_err(kernel)?;
+    let mut pod = Pod::open(env.require_netns()?)?;
     let prev = cfg
         .prev_result
         .as_ref()
@@ -519,13 +543,16 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     let prev = CniResult::parse(prev)?;
     let differs = |m: String| err(code::CHECK_FAILED, m);
 
-    let mut nl = netlink_in(&pod)?;
-    let link = nl.link_by_name(ifname).map_err(kernel)?.ok_or_else(|| {
-        differs(format!(
-            "interface {ifname:?} does not exist in {}",
-            env.netns
-        ))
-    })?;
+    let link = pod
+        .nl
+        .link_by_name(ifname)
+        .map_err(kernel)?
+        .ok_or_else(|| {
+            differs(format!(
+                "interface {ifname:?} does not exist in {}",
+                env.netns
+            ))
+        })?;
     if link.kind.as_deref() != Some("macvtap") {
         return Err(differs(format!(
             "{ifname:?} is a {} link, not a macvtap",
@@ -582,7 +609,7 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
             link.promisc, cfg.promisc
         )));
     }
-    let have = nl.addresses(link.index).map_err(kernel)?;
+    let have = pod.nl.addresses(link.index).map_err(kernel)?;
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(index)) {
         if !have.contains(&(ip.address, ip.prefix_len)) {
             return Err(differs(format!(
@@ -613,12 +640,9 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn check_node(pod: &NetNs, ifname: &str, link: &Link, node: &Path, cfg: &Config) -> Result<()> {
+fn check_node(pod: &Pod, ifname: &str, link: &Link, node: &Path, cfg: &Config) -> Result<()> {
     let differs = |m: String| err(code::CHECK_FAILED, m);
-    let want = pod
-        .run_here(|| tap_device_number(ifname, link.index))
-        .map_err(kernel)?
-        .map_err(kernel)?;
+    let want = pod.tap_device_number(ifname, link.index)?;
     let info = NodeInfo::stat(node)
         .map_err(|e| differs(format!("device node {}: {e}", node.display())))?;
     if !info.is_char_device || info.dev != want {

@@ -44,35 +44,68 @@ impl fmt::Display for DeviceNumber {
     }
 }
 
-/// The tap device number of macvtap `ifname` (ifindex `ifindex`) in the
-/// **calling thread's** network namespace. Call it inside [`crate::NetNs::run`].
+fn tap_dev_path(ifname: &str, ifindex: u32) -> String {
+    format!("class/net/{ifname}/macvtap/tap{ifindex}/dev")
+}
+
+fn parse_dev(text: &str, ifname: &str, ifindex: u32) -> Result<DeviceNumber> {
+    DeviceNumber::parse(text).ok_or_else(|| Error::TapDevice {
+        ifname: ifname.to_string(),
+        ifindex,
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("bad dev {text:?}")),
+    })
+}
+
+/// A private, detached sysfs instance showing one network namespace.
 ///
-/// It mounts a private, detached sysfs instance (`fsopen`/`fsmount`): sysfs
-/// tags its view with the namespace of the thread that creates it, and a
-/// detached mount needs no mount namespace of our own and is gone when its
-/// fd closes. Kernels without the new mount API fall back to a private mount
-/// namespace on this thread.
+/// sysfs tags its view with the namespace of the thread that creates the
+/// instance (`fsopen`/`fsmount`), so once made inside a namespace it can be
+/// read from anywhere, needs no mount namespace of our own, is attached to
+/// no path, and is gone when dropped. It is a live view: links created after
+/// it was made show up in it.
+#[derive(Debug)]
+pub struct SysfsView(OwnedFd);
+
+impl SysfsView {
+    /// A view of the **calling thread's** network namespace. Fails with
+    /// ENOSYS on kernels without the new mount API (before 5.2).
+    pub fn here() -> io::Result<Self> {
+        detached_sysfs().map(SysfsView)
+    }
+
+    /// The tap device number of macvtap `ifname` (ifindex `ifindex`).
+    pub fn tap_device_number(&self, ifname: &str, ifindex: u32) -> Result<DeviceNumber> {
+        let text = read_at(&self.0, &tap_dev_path(ifname, ifindex)).map_err(|source| {
+            Error::TapDevice {
+                ifname: ifname.to_string(),
+                ifindex,
+                source,
+            }
+        })?;
+        parse_dev(&text, ifname, ifindex)
+    }
+}
+
+/// The tap device number of macvtap `ifname` (ifindex `ifindex`) in the
+/// **calling thread's** network namespace. Call it inside [`crate::NetNs::run`]:
+/// on kernels without [`SysfsView`] it falls back to a private mount
+/// namespace for the calling thread, which must therefore be disposable.
 pub fn tap_device_number(ifname: &str, ifindex: u32) -> Result<DeviceNumber> {
-    let rel = format!("class/net/{ifname}/macvtap/tap{ifindex}/dev");
     let err = |source| Error::TapDevice {
         ifname: ifname.to_string(),
         ifindex,
         source,
     };
-    let text = match detached_sysfs() {
-        Ok(root) => read_at(&root, &rel).map_err(err)?,
+    match SysfsView::here() {
+        Ok(view) => view.tap_device_number(ifname, ifindex),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
             private_sysfs_on_this_thread().map_err(err)?;
-            fs::read_to_string(format!("/sys/{rel}")).map_err(err)?
+            let text = fs::read_to_string(format!("/sys/{}", tap_dev_path(ifname, ifindex)))
+                .map_err(err)?;
+            parse_dev(&text, ifname, ifindex)
         }
-        Err(e) => return Err(err(e)),
-    };
-    DeviceNumber::parse(&text).ok_or_else(|| {
-        err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad dev {text:?}"),
-        ))
-    })
+        Err(e) => Err(err(e)),
+    }
 }
 
 fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {

@@ -12,7 +12,7 @@ mod mac;
 mod netlink;
 mod netns;
 
-pub use devnode::{make_device_node, tap_device_number, DeviceNumber, NodeInfo};
+pub use devnode::{make_device_node, tap_device_number, DeviceNumber, NodeInfo, SysfsView};
 pub use error::{Error, Result};
 pub use mac::{MacAddr, MacError};
 pub use netlink::{Link, MacvtapMode, MacvtapSpec, Netlink, RouteSpec};

@@ -12,8 +12,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVtap, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-    MacVtapMacAddressMode, MacVtapMode,
+    InfoData, InfoKind, InfoMacVtap, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage, MacVtapMacAddressMode, MacVtapMode,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -244,8 +244,10 @@ impl Netlink {
     }
 
     fn get_link(&mut self, mut msg: LinkMessage, what: &str) -> Result<Option<Link>> {
-        // Ask for the compact form: no VF lists or stats we do not read.
-        msg.attributes.push(LinkAttribute::ExtMask(vec![]));
+        // Skip the statistics: we never read them, and they are most of
+        // the message the kernel builds and we would parse.
+        msg.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
         let op = || format!("get link {what}");
         match self.request(&op, RouteNetlinkMessage::GetLink(msg), 0) {
             Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
