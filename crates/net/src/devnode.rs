@@ -73,6 +73,30 @@ impl SysfsView {
         detached_sysfs().map(SysfsView)
     }
 
+    /// Read a sysfs attribute, by its path below the sysfs root
+    /// (e.g. `class/net/eth0/device/numa_node`).
+    pub fn read(&self, rel: &str) -> io::Result<String> {
+        read_at(&self.0, rel)
+    }
+
+    /// Whether a path exists below the sysfs root (a symlink counts).
+    pub fn exists(&self, rel: &str) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(rel) = CString::new(rel) else {
+            return false;
+        };
+        // SAFETY: fstatat on an fd we own, a valid C string and a local buffer.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstatat(
+                self.0.as_raw_fd(),
+                rel.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) == 0
+        }
+    }
+
     /// The tap device number of macvtap `ifname` (ifindex `ifindex`).
     pub fn tap_device_number(&self, ifname: &str, ifindex: u32) -> Result<DeviceNumber> {
         let text = read_at(&self.0, &tap_dev_path(ifname, ifindex)).map_err(|source| {

@@ -9,11 +9,13 @@
 mod devnode;
 mod error;
 mod mac;
+mod monitor;
 mod netlink;
 mod netns;
 
 pub use devnode::{make_device_node, tap_device_number, DeviceNumber, NodeInfo, SysfsView};
 pub use error::{Error, Result};
 pub use mac::{MacAddr, MacError};
+pub use monitor::{events_lost, LinkEvent, LinkMonitor};
 pub use netlink::{Link, MacvtapMode, MacvtapSpec, Netlink, RouteSpec};
 pub use netns::NetNs;

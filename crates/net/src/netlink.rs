@@ -482,7 +482,7 @@ fn family(addr: IpAddr) -> AddressFamily {
     }
 }
 
-fn parse_link(msg: LinkMessage) -> Link {
+pub(crate) fn parse_link(msg: LinkMessage) -> Link {
     let mut link = Link {
         index: msg.header.index,
         name: String::new(),
