@@ -10,12 +10,16 @@ mod devnode;
 mod error;
 mod mac;
 mod monitor;
+mod named_netns;
 mod netlink;
 mod netns;
+mod veth;
 
 pub use devnode::{make_device_node, tap_device_number, DeviceNumber, NodeInfo, SysfsView};
 pub use error::{Error, Result};
 pub use mac::{MacAddr, MacError};
 pub use monitor::{events_lost, LinkEvent, LinkMonitor};
+pub use named_netns::{named_netns_path, NETNS_RUN_DIR};
 pub use netlink::{Link, MacvtapMode, MacvtapSpec, Netlink, RouteSpec};
 pub use netns::NetNs;
+pub use veth::create_veth_pair;
