@@ -1,4 +1,15 @@
 //! The macvtap device plugin: kubelet API, resources, health, allocation.
+//! The binary `macvtap-deviceplugin` parses its flags and calls [`daemon::run`].
+
+pub mod allocate;
+pub mod config;
+pub mod daemon;
+pub mod kubelet;
+pub mod links;
+pub mod metrics;
+pub mod resource;
+pub mod service;
+pub mod sweep;
 
 /// Generated kubelet APIs.
 pub mod proto {

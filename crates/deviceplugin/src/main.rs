@@ -1,1 +1,96 @@
-fn main() {}
+//! `macvtap-deviceplugin`: a kubelet device plugin offering macvtap devices.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use macvtap_deviceplugin::config::Config;
+use macvtap_deviceplugin::daemon::{self, Paths};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Offers macvtap devices on this node's uplinks to the kubelet as
+/// `macvtap.network.kubevirt.io/<name>` resources.
+///
+/// The resources come from DP_MACVTAP_CONF, a JSON array such as
+///   [{"name":"dataplane","lowerDevice":"eth0","mode":"bridge","capacity":50}]
+/// ("master" is accepted for "lowerDevice"; mode bridge|vepa|private|passthru|source,
+/// default bridge; capacity default 100; "attach": "pod" (default, the CNI creates the
+/// macvtap inside the pod) or "host" (created on the host at Allocate)).
+/// An empty array [] offers one resource per suitable uplink, following link
+/// events; DP_MACVTAP_DISCOVER_KINDS (e.g. "physical,bond,vlan,veth") says
+/// which kinds of links are suitable (default physical,bond,team,vlan).
+#[derive(Debug, Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// The kubelet's device-plugin directory (kubelet.sock and plugin sockets).
+    #[arg(long, default_value = "/var/lib/kubelet/device-plugins")]
+    device_plugin_path: PathBuf,
+    /// State shared with the macvtap CNI plugin; must survive reboots.
+    #[arg(long, default_value = macvtap_state::DEFAULT_STATE_DIR)]
+    state_dir: String,
+    /// The kubelet's PodResources socket, asked at start which devices pods hold.
+    #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
+    pod_resources_socket: PathBuf,
+    /// Serve Prometheus metrics on http://ADDR/metrics (and /healthz), e.g. 127.0.0.1:9465.
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<SocketAddr>,
+    /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let config = match Config::parse(
+        std::env::var("DP_MACVTAP_CONF").ok().as_deref(),
+        std::env::var("DP_MACVTAP_DISCOVER_KINDS").ok().as_deref(),
+    ) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("macvtap-deviceplugin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let paths = Paths {
+        device_plugin_dir: args.device_plugin_path,
+        state_dir: args.state_dir,
+        pod_resources_socket: args.pod_resources_socket,
+        metrics_address: args.metrics_address,
+    };
+    // One thread for the async work keeps the footprint small; blocking
+    // work (netlink, files) goes to tokio's blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("macvtap-deviceplugin: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(config, paths)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("macvtap-deviceplugin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -271,6 +271,21 @@ impl AttachmentRecord {
     }
 }
 
+/// What the device plugin promised at Allocate. Not needed to attach (the
+/// deviceID and `resources.json` suffice); it tells the start-up sweep and
+/// an operator what was handed out, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocationRecord {
+    pub device_id: String,
+    pub resource: String,
+    pub ifindex: u32,
+    pub node_path: PathBuf,
+    pub attach: Attach,
+    /// Seconds since the epoch.
+    pub allocated_at: u64,
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -391,6 +406,51 @@ impl StateDir {
         remove_file_if_exists(&path)?;
         let _ = fs::remove_dir(self.pod_dir(container_id)); // only succeeds when empty
         Ok(())
+    }
+
+    /// Persist an allocation (durably: it must survive a reboot).
+    pub fn save_allocation(&self, record: &AllocationRecord) -> Result<()> {
+        self.ensure_dir(&self.root.join("allocations"))?;
+        write_json(&self.allocation_path(&record.device_id), record, true)
+    }
+
+    /// Remove an allocation record; missing is fine.
+    pub fn remove_allocation(&self, device_id: &str) -> Result<()> {
+        remove_file_if_exists(&self.allocation_path(device_id))
+    }
+
+    /// Every allocation record.
+    pub fn allocations(&self) -> Result<Vec<AllocationRecord>> {
+        let dir = self.root.join("allocations");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("read", &dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                if let Some(record) = read_json(&path)? {
+                    out.push(record);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The file names under `dev/` (device nodes of device-plugin devices).
+    pub fn device_nodes(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("dev");
+        match fs::read_dir(&dir) {
+            Ok(entries) => Ok(entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err("read", &dir)(e)),
+        }
     }
 
     /// Every attachment record under `pods/`.

@@ -1,0 +1,208 @@
+//! Allocate: promise each device's ifindex and device node, record it, and
+//! for `attach: host` resources create the macvtap in the host namespace.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use macvtap_net::{make_device_node, MacvtapSpec, Netlink, SysfsView};
+use macvtap_state::{host_link_name, parse_device_id, AllocationRecord, Attach, StateDir};
+use tonic::Status;
+
+use crate::proto::deviceplugin::{AllocateResponse, ContainerAllocateResponse, DeviceSpec};
+use crate::resource::Resource;
+
+/// Owner of the device nodes the daemon makes itself (`attach: host`):
+/// qemu in KubeVirt's images, as the CNI's default.
+pub const NODE_OWNER: u32 = 107;
+
+/// Allocates devices of any resource against one state directory.
+#[derive(Debug)]
+pub struct Allocator {
+    pub state: StateDir,
+}
+
+/// What one Allocate call did, undone in reverse if a later step fails.
+#[derive(Default)]
+struct Undo {
+    records: Vec<String>,
+    nodes: Vec<std::path::PathBuf>,
+    links: Vec<u32>,
+}
+
+fn internal(what: &str) -> impl Fn(String) -> Status + '_ {
+    move |e| Status::internal(format!("{what}: {e}"))
+}
+
+impl Allocator {
+    /// Answer one Allocate. Blocking (files, netlink): run it off the async
+    /// workers. The daemon never changes namespace, so any thread will do.
+    pub fn allocate(
+        &self,
+        resource: &Resource,
+        containers: &[Vec<String>],
+    ) -> Result<AllocateResponse, Status> {
+        let cfg = &resource.config;
+        // Refuse anything this resource does not offer before touching anything.
+        let mut planned = Vec::new();
+        for ids in containers {
+            let mut devices = Vec::new();
+            for id in ids {
+                let index = match parse_device_id(id) {
+                    Ok((name, index)) if name == cfg.name && index < cfg.capacity => index,
+                    _ => {
+                        return Err(Status::invalid_argument(format!(
+                            "device {id:?} is not offered by resource {} ({}-0 .. {}-{})",
+                            resource.resource_name(),
+                            cfg.name,
+                            cfg.name,
+                            cfg.capacity - 1
+                        )))
+                    }
+                };
+                devices.push((id.clone(), resource.ifindex_base + index));
+            }
+            planned.push(devices);
+        }
+        let _lock = self
+            .state
+            .lock()
+            .map_err(|e| internal("state directory")(e.to_string()))?;
+        let mut undo = Undo::default();
+        let result = self.allocate_locked(resource, &planned, &mut undo);
+        if result.is_err() {
+            self.undo(undo);
+        }
+        result
+    }
+
+    fn allocate_locked(
+        &self,
+        resource: &Resource,
+        planned: &[Vec<(String, u32)>],
+        undo: &mut Undo,
+    ) -> Result<AllocateResponse, Status> {
+        let cfg = &resource.config;
+        let mut netlink = None;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut container_responses = Vec::new();
+        for devices in planned {
+            let mut specs = Vec::new();
+            for (id, ifindex) in devices {
+                let node_path = self.state.device_node_path(id);
+                if cfg.attach == Attach::Host {
+                    if netlink.is_none() {
+                        netlink =
+                            Some(Netlink::open().map_err(|e| internal("netlink")(e.to_string()))?);
+                    }
+                    let nl = netlink.as_mut().expect("opened above");
+                    self.host_link(nl, resource, *ifindex, &node_path, undo)?;
+                }
+                self.state
+                    .save_allocation(&AllocationRecord {
+                        device_id: id.clone(),
+                        resource: cfg.name.clone(),
+                        ifindex: *ifindex,
+                        node_path: node_path.clone(),
+                        attach: cfg.attach,
+                        allocated_at: now,
+                    })
+                    .map_err(|e| internal("allocation record")(e.to_string()))?;
+                undo.records.push(id.clone());
+                specs.push(DeviceSpec {
+                    container_path: format!("/dev/tap{ifindex}"),
+                    host_path: node_path.to_string_lossy().into_owned(),
+                    permissions: "rw".into(),
+                });
+            }
+            container_responses.push(ContainerAllocateResponse {
+                devices: specs,
+                ..Default::default()
+            });
+        }
+        Ok(AllocateResponse {
+            container_responses,
+        })
+    }
+
+    /// `attach: host`: the macvtap exists in the host namespace from now on,
+    /// with the promised ifindex, and so does its device node.
+    fn host_link(
+        &self,
+        nl: &mut Netlink,
+        resource: &Resource,
+        ifindex: u32,
+        node_path: &std::path::Path,
+        undo: &mut Undo,
+    ) -> Result<(), Status> {
+        let cfg = &resource.config;
+        let name = host_link_name(ifindex);
+        let nl_err = |e: macvtap_net::Error| Status::internal(e.to_string());
+        let lower = nl
+            .link_by_name(&cfg.lower_device)
+            .map_err(nl_err)?
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "lower device {:?} does not exist",
+                    cfg.lower_device
+                ))
+            })?;
+        match nl.link_by_name(&name).map_err(nl_err)? {
+            Some(link)
+                if link.kind.as_deref() == Some("macvtap")
+                    && link.lower_index == Some(lower.index) =>
+            {
+                // Left from an earlier Allocate of this device: reuse it.
+            }
+            Some(_) => {
+                return Err(Status::failed_precondition(format!(
+                    "a link named {name} exists and is not this device's macvtap"
+                )))
+            }
+            None => {
+                nl.create_macvtap(&MacvtapSpec {
+                    name: &name,
+                    lower_index: lower.index,
+                    mode: cfg.mode,
+                    source_macs: &[],
+                    mac: None,
+                    mtu: None,
+                    promisc: false,
+                    up: true,
+                    ifindex: Some(ifindex),
+                    netns_fd: None,
+                })
+                .map_err(|e| Status::internal(format!("create {name}: {e}")))?;
+                undo.links.push(ifindex);
+            }
+        }
+        let dev = SysfsView::here()
+            .map_err(|e| Status::internal(format!("sysfs: {e}")))?
+            .tap_device_number(&name, ifindex)
+            .map_err(nl_err)?;
+        if let Some(dir) = node_path.parent() {
+            self.state
+                .ensure_dir(dir)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        make_device_node(node_path, dev, NODE_OWNER, NODE_OWNER).map_err(nl_err)?;
+        undo.nodes.push(node_path.to_path_buf());
+        Ok(())
+    }
+
+    fn undo(&self, undo: Undo) {
+        for id in undo.records.iter().rev() {
+            let _ = self.state.remove_allocation(id);
+        }
+        for node in undo.nodes.iter().rev() {
+            let _ = macvtap_state::remove_file_if_exists(node);
+        }
+        if !undo.links.is_empty() {
+            if let Ok(mut nl) = Netlink::open() {
+                for index in undo.links.iter().rev() {
+                    let _ = nl.delete_link(*index);
+                }
+            }
+        }
+    }
+}

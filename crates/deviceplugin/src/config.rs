@@ -1,0 +1,317 @@
+//! `DP_MACVTAP_CONF` and `DP_MACVTAP_DISCOVER_KINDS`, validated at start.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use macvtap_net::MacvtapMode;
+use macvtap_state::{is_safe_name, Attach};
+use serde::Deserialize;
+
+/// Largest capacity of one resource: ifindexes are reserved per device.
+pub const MAX_CAPACITY: u32 = 4096;
+/// Capacity of discovered resources, and when `capacity` is not given.
+pub const DEFAULT_CAPACITY: u32 = 100;
+
+/// Why the configuration is refused. The daemon exits with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The variable is not set.
+    #[error(
+        "DP_MACVTAP_CONF is not set: give a JSON array of resources, or [] to discover uplinks"
+    )]
+    Unset,
+    /// Not JSON, or not of the expected shape.
+    #[error("DP_MACVTAP_CONF: {msg} at line {line}, column {column}")]
+    Syntax {
+        msg: String,
+        line: usize,
+        column: usize,
+    },
+    /// One resource is wrong.
+    #[error("DP_MACVTAP_CONF: resource {name:?}: {why}")]
+    Resource { name: String, why: String },
+    /// A discovery kind is unknown.
+    #[error("DP_MACVTAP_DISCOVER_KINDS: unknown kind {0:?} (want physical, bond, team, vlan, bridge, vxlan, veth or macvlan)")]
+    Kind(String),
+}
+
+/// One resource as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceConfig {
+    pub name: String,
+    pub lower_device: String,
+    pub mode: MacvtapMode,
+    pub capacity: u32,
+    pub attach: Attach,
+}
+
+/// Kinds of host links that discovery offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LinkKind {
+    Physical,
+    Bond,
+    Team,
+    Vlan,
+    Bridge,
+    Vxlan,
+    Veth,
+    Macvlan,
+}
+
+impl LinkKind {
+    const ALL: [(LinkKind, &'static str); 8] = [
+        (LinkKind::Physical, "physical"),
+        (LinkKind::Bond, "bond"),
+        (LinkKind::Team, "team"),
+        (LinkKind::Vlan, "vlan"),
+        (LinkKind::Bridge, "bridge"),
+        (LinkKind::Vxlan, "vxlan"),
+        (LinkKind::Veth, "veth"),
+        (LinkKind::Macvlan, "macvlan"),
+    ];
+
+    /// The kind for the kernel's IFLA_INFO_KIND (None: a device without a
+    /// driver kind, physical if sysfs says it has a device behind it).
+    pub fn from_info_kind(kind: Option<&str>, has_device: bool) -> Option<LinkKind> {
+        match kind {
+            None if has_device => Some(LinkKind::Physical),
+            None => None,
+            Some(k) => Self::ALL
+                .iter()
+                .find(|(_, n)| *n == k)
+                .map(|(kind, _)| *kind),
+        }
+    }
+}
+
+impl fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::ALL
+            .iter()
+            .find(|(k, _)| k == self)
+            .map_or("?", |(_, n)| n);
+        f.write_str(name)
+    }
+}
+
+/// What the daemon offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Config {
+    /// The configured resources.
+    Static(Vec<ResourceConfig>),
+    /// `[]`: one resource per suitable link of these kinds.
+    Discover(BTreeSet<LinkKind>),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawResource {
+    name: Option<String>,
+    lower_device: Option<String>,
+    master: Option<String>,
+    mode: Option<String>,
+    capacity: Option<i64>,
+    attach: Option<String>,
+}
+
+/// The default discovery kinds: what an operator would put VMs on.
+pub fn default_kinds() -> BTreeSet<LinkKind> {
+    [
+        LinkKind::Physical,
+        LinkKind::Bond,
+        LinkKind::Team,
+        LinkKind::Vlan,
+    ]
+    .into()
+}
+
+/// Parse `DP_MACVTAP_DISCOVER_KINDS`.
+pub fn parse_kinds(s: &str) -> Result<BTreeSet<LinkKind>, ConfigError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            LinkKind::ALL
+                .iter()
+                .find(|(_, n)| *n == k)
+                .map(|(kind, _)| *kind)
+                .ok_or_else(|| ConfigError::Kind(k.to_string()))
+        })
+        .collect()
+}
+
+/// Whether a name can be a Linux interface name.
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+}
+
+impl Config {
+    /// Parse the two variables' values.
+    pub fn parse(conf: Option<&str>, kinds: Option<&str>) -> Result<Config, ConfigError> {
+        let conf = conf.ok_or(ConfigError::Unset)?;
+        let raw: Vec<RawResource> =
+            serde_json::from_str(conf).map_err(|e| ConfigError::Syntax {
+                msg: e
+                    .to_string()
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                line: e.line(),
+                column: e.column(),
+            })?;
+        if raw.is_empty() {
+            let kinds = match kinds {
+                Some(k) if !k.trim().is_empty() => parse_kinds(k)?,
+                _ => default_kinds(),
+            };
+            return Ok(Config::Discover(kinds));
+        }
+        let mut resources: Vec<ResourceConfig> = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let name = r.name.unwrap_or_default();
+            let bad = |why: String| ConfigError::Resource {
+                name: if name.is_empty() {
+                    format!("#{i}")
+                } else {
+                    name.clone()
+                },
+                why,
+            };
+            if name.is_empty() {
+                return Err(bad("name is missing".into()));
+            }
+            // "<name>-<index>" must fit the kubelet's 63-character device IDs.
+            if !is_safe_name(&name) || name.len() > 56 {
+                return Err(bad("name must be 1-56 letters, digits, '.', '_' or '-', not starting with '.' or '-'".into()));
+            }
+            if resources.iter().any(|o| o.name == name) {
+                return Err(bad("defined twice".into()));
+            }
+            let lower_device = match (r.lower_device, r.master) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(bad(format!("lowerDevice {a:?} and master {b:?} disagree")))
+                }
+                (a, b) => a
+                    .or(b)
+                    .ok_or_else(|| bad("lowerDevice (or master) is missing".into()))?,
+            };
+            if !valid_ifname(&lower_device) {
+                return Err(bad(format!(
+                    "lowerDevice {lower_device:?} is not an interface name"
+                )));
+            }
+            let mode = match r.mode.as_deref() {
+                None | Some("") => MacvtapMode::Bridge,
+                Some(m) => m.parse().map_err(bad)?,
+            };
+            let capacity = match r.capacity {
+                None => DEFAULT_CAPACITY,
+                Some(c) if (1..=i64::from(MAX_CAPACITY)).contains(&c) => c as u32,
+                Some(c) => {
+                    return Err(bad(format!(
+                        "capacity {c} is out of range (1..{MAX_CAPACITY})"
+                    )))
+                }
+            };
+            let attach = match r.attach.as_deref() {
+                None | Some("pod") => Attach::Pod,
+                Some("host") => Attach::Host,
+                Some(a) => {
+                    return Err(bad(format!("attach {a:?} is neither \"pod\" nor \"host\"")))
+                }
+            };
+            resources.push(ResourceConfig {
+                name,
+                lower_device,
+                mode,
+                capacity,
+                attach,
+            });
+        }
+        Ok(Config::Static(resources))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_configs_parse() {
+        let c = Config::parse(
+            Some(r#"[{"name":"dataplane","master":"eth0","mode":"bridge","capacity":50}]"#),
+            None,
+        )
+        .unwrap();
+        let Config::Static(r) = c else {
+            panic!("static")
+        };
+        assert_eq!(r[0].lower_device, "eth0");
+        assert_eq!((r[0].capacity, r[0].attach), (50, Attach::Pod));
+        let Config::Static(r) = Config::parse(
+            Some(r#"[{"name":"a","lowerDevice":"eth1","attach":"host"}]"#),
+            None,
+        )
+        .unwrap() else {
+            panic!("static")
+        };
+        assert_eq!(
+            (r[0].capacity, r[0].mode, r[0].attach),
+            (100, MacvtapMode::Bridge, Attach::Host)
+        );
+    }
+
+    #[test]
+    fn empty_array_discovers() {
+        assert_eq!(
+            Config::parse(Some("[]"), None).unwrap(),
+            Config::Discover(default_kinds())
+        );
+        assert_eq!(
+            Config::parse(Some("[]"), Some("veth, bridge")).unwrap(),
+            Config::Discover([LinkKind::Veth, LinkKind::Bridge].into())
+        );
+        assert!(matches!(
+            Config::parse(Some("[]"), Some("ethernet")),
+            Err(ConfigError::Kind(_))
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_resource_and_the_place() {
+        let e = Config::parse(Some("[{\"name\": \"a\",\n \"lowerDevice\": }]"), None).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e}");
+        assert!(e.to_string().contains("line 2, column"), "{e}");
+        for (conf, needle) in [
+            (
+                r#"[{"name":"x","lowerDevice":"eth0","mode":"nat"}]"#,
+                "\"x\"",
+            ),
+            (
+                r#"[{"name":"x","lowerDevice":"eth0","capacity":0}]"#,
+                "capacity 0",
+            ),
+            (r#"[{"name":"x"}]"#, "lowerDevice"),
+            (
+                r#"[{"name":"x","lowerDevice":"a"},{"name":"x","lowerDevice":"b"}]"#,
+                "twice",
+            ),
+            (r#"[{"name":"../x","lowerDevice":"a"}]"#, "name must"),
+            (
+                r#"[{"name":"x","lowerDevice":"a","mtu":9000}]"#,
+                "unknown field",
+            ),
+        ] {
+            let e = Config::parse(Some(conf), None).unwrap_err().to_string();
+            assert!(e.contains(needle), "{conf}: {e}");
+        }
+        assert!(matches!(Config::parse(None, None), Err(ConfigError::Unset)));
+    }
+}

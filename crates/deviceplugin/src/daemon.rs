@@ -1,0 +1,302 @@
+//! The daemon: offer the resources, keep their health current, follow the
+//! kubelet through restarts, stop cleanly on SIGTERM/SIGINT.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use macvtap_state::{is_safe_name, Attach, NodeConfig, StateDir};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::allocate::Allocator;
+use crate::config::{Config, LinkKind, ResourceConfig, DEFAULT_CAPACITY};
+use crate::kubelet::{register, watch_dir, DirEvent, Served, KUBELET_SOCKET};
+use crate::links::{watch_links, LinkTable};
+use crate::resource::{assign_bases, Counters, Resource};
+use crate::{metrics, sweep};
+
+/// Where things are.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub device_plugin_dir: PathBuf,
+    pub state_dir: String,
+    pub pod_resources_socket: PathBuf,
+    pub metrics_address: Option<SocketAddr>,
+}
+
+/// Why the daemon cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state directory is unusable.
+    #[error("state directory: {0}")]
+    State(#[from] macvtap_state::Error),
+    /// Links cannot be listed or followed.
+    #[error("following host links: {0}")]
+    Links(#[from] macvtap_net::Error),
+    /// The device-plugin directory is unusable.
+    #[error("device-plugin directory {path}: {source}")]
+    PluginDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A resource's socket cannot be served.
+    #[error("serving resource {name}: {source}")]
+    Serve {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics address cannot be bound.
+    #[error("metrics address {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signal handlers cannot be installed.
+    #[error("signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+struct Daemon {
+    paths: Paths,
+    state: StateDir,
+    allocator: Arc<Allocator>,
+    resources: BTreeMap<String, Arc<Resource>>,
+    served: BTreeMap<String, Served>,
+    /// Resources whose registration failed, retried until it works.
+    unregistered: BTreeSet<String>,
+    shared: metrics::Shared,
+    discover: Option<BTreeSet<LinkKind>>,
+}
+
+/// Resources that discovery offers for these links.
+fn discovered(links: &LinkTable, kinds: &BTreeSet<LinkKind>) -> Vec<ResourceConfig> {
+    links
+        .iter()
+        .filter(|l| {
+            l.kind.is_some_and(|k| kinds.contains(&k)) && !l.enslaved && is_safe_name(&l.name)
+        })
+        .map(|l| ResourceConfig {
+            name: l.name.clone(),
+            lower_device: l.name.clone(),
+            mode: macvtap_net::MacvtapMode::Bridge,
+            capacity: DEFAULT_CAPACITY,
+            attach: Attach::Pod,
+        })
+        .collect()
+}
+
+impl Daemon {
+    /// Add resources (ifindex ranges stable across restarts), persist the
+    /// node configuration for the CNI, and return the new ones.
+    fn add_resources(
+        &mut self,
+        wanted: Vec<ResourceConfig>,
+        links: &LinkTable,
+    ) -> Result<Vec<Arc<Resource>>, DaemonError> {
+        let wanted: Vec<ResourceConfig> = wanted
+            .into_iter()
+            .filter(|w| !self.resources.contains_key(&w.name))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let previous = self.state.load_config().unwrap_or_default();
+        // Ranges already in use by this run count as taken.
+        let mut known = NodeConfig {
+            resources: self.resources.values().map(|r| r.to_state()).collect(),
+        };
+        for p in previous.resources {
+            if !known.resources.iter().any(|k| k.name == p.name)
+                && wanted.iter().any(|w| w.name == p.name)
+            {
+                known.resources.push(p);
+            }
+        }
+        let all: Vec<ResourceConfig> = self
+            .resources
+            .values()
+            .map(|r| r.config.clone())
+            .chain(wanted.iter().cloned())
+            .collect();
+        let bases = assign_bases(&known, &all);
+        let mut added = Vec::new();
+        for (config, base) in all.into_iter().zip(bases) {
+            if self.resources.contains_key(&config.name) {
+                continue;
+            }
+            let resource = Resource::new(config, base, links);
+            self.resources
+                .insert(resource.config.name.clone(), resource.clone());
+            added.push(resource);
+        }
+        self.state.save_config(&NodeConfig {
+            resources: self.resources.values().map(|r| r.to_state()).collect(),
+        })?;
+        if let Ok(mut shared) = self.shared.write() {
+            *shared = self.resources.values().cloned().collect();
+        }
+        Ok(added)
+    }
+
+    fn serve(&mut self, resource: &Arc<Resource>) -> Result<(), DaemonError> {
+        let served = Served::start(
+            &self.paths.device_plugin_dir,
+            resource.clone(),
+            self.allocator.clone(),
+        )
+        .map_err(|source| DaemonError::Serve {
+            name: resource.config.name.clone(),
+            source,
+        })?;
+        if let Some(old) = self.served.insert(resource.config.name.clone(), served) {
+            drop(old); // its socket path now belongs to the new server
+        }
+        self.unregistered.insert(resource.config.name.clone());
+        Ok(())
+    }
+
+    /// Register every served resource not registered yet.
+    async fn register_pending(&mut self) {
+        if !self.paths.device_plugin_dir.join(KUBELET_SOCKET).exists() {
+            return;
+        }
+        let pending: Vec<String> = self.unregistered.iter().cloned().collect();
+        for name in pending {
+            let Some(resource) = self.resources.get(&name).cloned() else {
+                continue;
+            };
+            match register(&self.paths.device_plugin_dir, &resource).await {
+                Ok(()) => {
+                    Counters::add(&resource.counters.registrations);
+                    self.unregistered.remove(&name);
+                    tracing::info!(resource = %resource.resource_name(), "registered with the kubelet");
+                }
+                Err(e) => tracing::warn!(resource = %resource.resource_name(), "{e}"),
+            }
+        }
+    }
+
+    /// The kubelet restarted: it deleted our sockets. Serve and register again.
+    async fn kubelet_restarted(&mut self) -> Result<(), DaemonError> {
+        let all: Vec<Arc<Resource>> = self.resources.values().cloned().collect();
+        for (_, served) in std::mem::take(&mut self.served) {
+            served.stop();
+        }
+        for resource in &all {
+            self.serve(resource)?;
+        }
+        self.register_pending().await;
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        for (_, served) in std::mem::take(&mut self.served) {
+            served.stop();
+        }
+    }
+}
+
+/// Run until SIGTERM or SIGINT.
+pub async fn run(config: Config, paths: Paths) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let state = StateDir::new(&paths.state_dir)?;
+    state.ensure_dir(state.root())?;
+    std::fs::create_dir_all(&paths.device_plugin_dir).map_err(|source| DaemonError::PluginDir {
+        path: paths.device_plugin_dir.clone(),
+        source,
+    })?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut links = watch_links()?;
+    let table = links.borrow_and_update().clone();
+
+    let (wanted, discover) = match config {
+        Config::Static(resources) => (resources, None),
+        Config::Discover(kinds) => (discovered(&table, &kinds), Some(kinds)),
+    };
+    let mut daemon = Daemon {
+        allocator: Arc::new(Allocator {
+            state: state.clone(),
+        }),
+        state,
+        paths,
+        resources: BTreeMap::new(),
+        served: BTreeMap::new(),
+        unregistered: BTreeSet::new(),
+        shared: Arc::new(RwLock::new(Vec::new())),
+        discover,
+    };
+    let added = daemon.add_resources(wanted, &table)?;
+    let all: Vec<Arc<Resource>> = daemon.resources.values().cloned().collect();
+    sweep::sweep(&daemon.state, &all, &daemon.paths.pod_resources_socket).await;
+
+    let mut dir_events =
+        watch_dir(&daemon.paths.device_plugin_dir).map_err(|e| DaemonError::PluginDir {
+            path: daemon.paths.device_plugin_dir.clone(),
+            source: e.into(),
+        })?;
+    for resource in &added {
+        daemon.serve(resource)?;
+    }
+    daemon.register_pending().await;
+    tracing::info!(
+        resources = daemon.resources.len(),
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "serving"
+    );
+
+    if let Some(addr) = daemon.paths.metrics_address {
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Metrics { addr, source })?;
+        tokio::spawn(metrics::serve(listener, daemon.shared.clone()));
+    }
+
+    let mut retry = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            Some(event) = dir_events.recv() => match event {
+                DirEvent::KubeletStarted => {
+                    tracing::info!("kubelet.sock created: the kubelet (re)started; serving and registering again");
+                    daemon.kubelet_restarted().await?;
+                }
+                DirEvent::Deleted(name) => {
+                    if daemon.served.values().any(|_| daemon.resources.values().any(|r| r.socket_name() == name)) {
+                        tracing::info!("socket {name} was removed (kubelet restart?)");
+                    }
+                }
+            },
+            changed = links.changed() => {
+                if changed.is_err() {
+                    tracing::error!("the link watcher stopped");
+                    break;
+                }
+                let table = links.borrow_and_update().clone();
+                for resource in daemon.resources.values() {
+                    resource.update(&table);
+                }
+                if let Some(kinds) = daemon.discover.clone() {
+                    let added = daemon.add_resources(discovered(&table, &kinds), &table)?;
+                    for resource in &added {
+                        tracing::info!(resource = %resource.resource_name(), "discovered");
+                        daemon.serve(resource)?;
+                    }
+                    if !added.is_empty() {
+                        daemon.register_pending().await;
+                    }
+                }
+            },
+            _ = retry.tick(), if !daemon.unregistered.is_empty() => daemon.register_pending().await,
+        }
+    }
+    daemon.stop();
+    tracing::info!("stopped; sockets removed");
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The DevicePlugin gRPC service of one resource.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::allocate::Allocator;
+use crate::proto::deviceplugin::device_plugin_server::DevicePlugin;
+use crate::proto::deviceplugin::{
+    AllocateRequest, AllocateResponse, ContainerPreferredAllocationResponse, DevicePluginOptions,
+    Empty, ListAndWatchResponse, PreStartContainerRequest, PreStartContainerResponse,
+    PreferredAllocationRequest, PreferredAllocationResponse,
+};
+use crate::resource::{Counters, Resource, HEALTHY};
+
+/// Options the daemon registers with and answers.
+pub fn options() -> DevicePluginOptions {
+    DevicePluginOptions {
+        pre_start_required: false,
+        get_preferred_allocation_available: true,
+    }
+}
+
+/// Serves one resource.
+#[derive(Debug, Clone)]
+pub struct PluginService {
+    pub resource: Arc<Resource>,
+    pub allocator: Arc<Allocator>,
+}
+
+type DeviceStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DevicePlugin for PluginService {
+    async fn get_device_plugin_options(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
+        Ok(Response::new(options()))
+    }
+
+    type ListAndWatchStream = DeviceStream;
+
+    async fn list_and_watch(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
+        // The current list at once, then every change.
+        let stream = WatchStream::new(self.resource.devices()).map(|devices| {
+            Ok(ListAndWatchResponse {
+                devices: devices.as_ref().clone(),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_preferred_allocation(
+        &self,
+        request: Request<PreferredAllocationRequest>,
+    ) -> Result<Response<PreferredAllocationResponse>, Status> {
+        let devices = self.resource.devices().borrow().clone();
+        let healthy: BTreeSet<&str> = devices
+            .iter()
+            .filter(|d| d.health == HEALTHY)
+            .map(|d| d.id.as_str())
+            .collect();
+        let mut container_responses = Vec::new();
+        for req in request.into_inner().container_requests {
+            let size = usize::try_from(req.allocation_size).unwrap_or(0);
+            // Must-include first, then healthy devices in index order, then
+            // whatever is left: a stable, predictable choice.
+            let mut chosen: Vec<String> = req.must_include_device_i_ds.clone();
+            let mut available: Vec<&String> = req
+                .available_device_i_ds
+                .iter()
+                .filter(|id| !chosen.contains(id))
+                .collect();
+            available.sort_by_key(|id| {
+                (
+                    !healthy.contains(id.as_str()),
+                    index_of(id).unwrap_or(u32::MAX),
+                    (*id).clone(),
+                )
+            });
+            for id in available {
+                if chosen.len() >= size {
+                    break;
+                }
+                chosen.push(id.clone());
+            }
+            container_responses.push(ContainerPreferredAllocationResponse {
+                device_i_ds: chosen,
+            });
+        }
+        Ok(Response::new(PreferredAllocationResponse {
+            container_responses,
+        }))
+    }
+
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let started = std::time::Instant::now();
+        let containers: Vec<Vec<String>> = request
+            .into_inner()
+            .container_requests
+            .into_iter()
+            .map(|c| c.devices_ids)
+            .collect();
+        let allocator = self.allocator.clone();
+        let resource = self.resource.clone();
+        let result =
+            tokio::task::spawn_blocking(move || allocator.allocate(&resource, &containers))
+                .await
+                .map_err(|e| Status::internal(format!("allocation task failed: {e}")))?;
+        match result {
+            Ok(response) => {
+                Counters::add(&self.resource.counters.allocations);
+                tracing::info!(
+                    resource = %self.resource.config.name,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "allocated"
+                );
+                Ok(Response::new(response))
+            }
+            Err(status) => {
+                Counters::add(&self.resource.counters.allocation_failures);
+                tracing::warn!(resource = %self.resource.config.name, "allocate refused: {}", status.message());
+                Err(status)
+            }
+        }
+    }
+
+    async fn pre_start_container(
+        &self,
+        _: Request<PreStartContainerRequest>,
+    ) -> Result<Response<PreStartContainerResponse>, Status> {
+        Ok(Response::new(PreStartContainerResponse {}))
+    }
+}
+
+fn index_of(id: &str) -> Option<u32> {
+    id.rsplit_once('-').and_then(|(_, i)| i.parse().ok())
+}

@@ -1,0 +1,95 @@
+//! The start-up sweep: remove what an earlier run left for devices no pod
+//! holds, and nothing the kubelet still counts as allocated.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use macvtap_net::Netlink;
+use macvtap_state::{host_link_name, remove_file_if_exists, Attach, StateDir};
+
+use crate::kubelet::devices_in_use;
+use crate::resource::Resource;
+
+/// What the sweep removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub records: usize,
+    pub nodes: usize,
+    pub links: usize,
+}
+
+pub async fn sweep(
+    state: &StateDir,
+    resources: &[Arc<Resource>],
+    pod_resources: &Path,
+) -> Option<Swept> {
+    let Some(in_use) = devices_in_use(pod_resources).await else {
+        tracing::info!(
+            "no answer from the PodResources API at {}: nothing swept",
+            pod_resources.display()
+        );
+        return None;
+    };
+    let state = state.clone();
+    let host_ranges: Vec<(String, u32, u32)> = resources
+        .iter()
+        .filter(|r| r.config.attach == Attach::Host)
+        .map(|r| (r.config.name.clone(), r.ifindex_base, r.config.capacity))
+        .collect();
+    tokio::task::spawn_blocking(move || sweep_blocking(&state, &in_use, &host_ranges))
+        .await
+        .ok()
+}
+
+fn sweep_blocking(
+    state: &StateDir,
+    in_use: &HashSet<String>,
+    host_ranges: &[(String, u32, u32)],
+) -> Swept {
+    let mut swept = Swept::default();
+    let Ok(_lock) = state.lock() else {
+        return swept;
+    };
+    for record in state.allocations().unwrap_or_default() {
+        if !in_use.contains(&record.device_id) && state.remove_allocation(&record.device_id).is_ok()
+        {
+            swept.records += 1;
+        }
+    }
+    for name in state.device_nodes().unwrap_or_default() {
+        if !in_use.contains(&name) && remove_file_if_exists(&state.device_node_path(&name)).is_ok()
+        {
+            swept.nodes += 1;
+        }
+    }
+    if !host_ranges.is_empty() {
+        if let Ok(mut nl) = Netlink::open() {
+            for link in nl.links().unwrap_or_default() {
+                if link.kind.as_deref() != Some("macvtap") {
+                    continue;
+                }
+                // Only links named exactly as this daemon names them, in a
+                // host-attach resource's range, are ours to remove.
+                let owner = host_ranges.iter().find(|(_, base, cap)| {
+                    link.index >= *base
+                        && link.index < base + cap
+                        && link.name == host_link_name(link.index)
+                });
+                if let Some((name, base, _)) = owner {
+                    let id = format!("{name}-{}", link.index - base);
+                    if !in_use.contains(&id) && nl.delete_link(link.index).is_ok() {
+                        swept.links += 1;
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(
+        records = swept.records,
+        nodes = swept.nodes,
+        links = swept.links,
+        "start-up sweep"
+    );
+    swept
+}
