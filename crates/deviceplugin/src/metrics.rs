@@ -14,7 +14,12 @@ use crate::resource::Resource;
 pub type Shared = Arc<RwLock<Vec<Arc<Resource>>>>;
 
 /// One exported series: name, type, help, and how to read it.
-type Series = (&'static str, &'static str, &'static str, fn(&Resource) -> u64);
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Resource) -> u64,
+);
 
 pub fn render(resources: &[Arc<Resource>]) -> String {
     let mut out = String::new();

@@ -135,8 +135,16 @@ fn build_devices(config: &ResourceConfig, links: &LinkTable) -> Vec<Device> {
 pub fn assign_bases(previous: &NodeConfig, wanted: &[ResourceConfig]) -> Vec<u32> {
     let mut taken: Vec<(u32, u32)> = Vec::new(); // [start, end)
     let mut bases = vec![None; wanted.len()];
-    for (i, w) in wanted.iter().enumerate() {
-        if let Some(p) = previous.resources.iter().find(|p| p.name == w.name) {
+    // Resources that did not grow keep their range first (those ranges were
+    // disjoint already); a grown one keeps its start only if still free.
+    for grown in [false, true] {
+        for (i, w) in wanted.iter().enumerate() {
+            let Some(p) = previous.resources.iter().find(|p| p.name == w.name) else {
+                continue;
+            };
+            if (w.capacity > p.capacity) != grown {
+                continue;
+            }
             let range = (p.ifindex_base, p.ifindex_base.saturating_add(w.capacity));
             if p.ifindex_base >= 2 && !overlaps(&taken, range) && range.1 < i32::MAX as u32 {
                 taken.push(range);
