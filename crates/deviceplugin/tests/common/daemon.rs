@@ -1,0 +1,271 @@
+//! The daemon under test as a child process inside the lab's NODE namespace.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_macvtap-deviceplugin");
+
+/// How the daemon is started. Every flag is explicit so no default path of
+/// the real node (`/var/lib/kubelet`, `/var/lib/macvtap`) is ever touched.
+#[derive(Debug, Clone)]
+pub struct DaemonCmd {
+    pub netns: PathBuf,
+    /// `DP_MACVTAP_CONF`; `None` leaves it unset.
+    pub conf: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub plugin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub pod_resources: PathBuf,
+    pub metrics: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+impl DaemonCmd {
+    pub fn conf(mut self, conf: &str) -> DaemonCmd {
+        self.conf = Some(conf.to_string());
+        self
+    }
+
+    pub fn no_conf(mut self) -> DaemonCmd {
+        self.conf = None;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> DaemonCmd {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn metrics(mut self, addr: &str) -> DaemonCmd {
+        self.metrics = Some(addr.into());
+        self
+    }
+
+    pub fn pod_resources(mut self, path: &Path) -> DaemonCmd {
+        self.pod_resources = path.to_path_buf();
+        self
+    }
+
+    pub fn plugin_dir(mut self, path: &Path) -> DaemonCmd {
+        self.plugin_dir = path.to_path_buf();
+        self
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--device-plugin-path".to_string(),
+            self.plugin_dir.display().to_string(),
+            "--state-dir".into(),
+            self.state_dir.display().to_string(),
+            "--pod-resources-socket".into(),
+            self.pod_resources.display().to_string(),
+        ];
+        if let Some(m) = &self.metrics {
+            a.push("--metrics-address".into());
+            a.push(m.clone());
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+
+    /// Starts the daemon; its process is the daemon itself (it joins the
+    /// namespace between fork and exec), so signals reach it directly.
+    pub fn spawn(&self) -> Daemon {
+        let ns = File::open(&self.netns)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.netns.display()));
+        let ns_fd = ns.as_raw_fd();
+        let mut cmd = Command::new(DAEMON);
+        cmd.args(self.args())
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Ok(v) = std::env::var("RUST_LOG") {
+            cmd.env("RUST_LOG", v);
+        }
+        if let Some(c) = &self.conf {
+            cmd.env("DP_MACVTAP_CONF", c);
+        }
+        // SAFETY: only setns(2), an async-signal-safe system call, runs
+        // between fork and exec; the fd stays open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {DAEMON}: {e}"));
+        drop(ns);
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().expect("piped"), Arc::clone(&stdout)),
+            collect(child.stderr.take().expect("piped"), Arc::clone(&stderr)),
+        ];
+        Daemon {
+            pid: child.id() as i32,
+            child,
+            status: None,
+            started,
+            stdout,
+            stderr,
+            readers,
+            describe: format!(
+                "DP_MACVTAP_CONF={:?} {:?} {DAEMON} {}",
+                self.conf,
+                self.env,
+                self.args().join(" ")
+            ),
+        }
+    }
+}
+
+fn collect(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink
+                    .lock()
+                    .expect("log sink")
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+}
+
+/// A running daemon; killed (SIGKILL, by its own pid) on drop if it is
+/// still running, its output printed when the test is panicking.
+#[derive(Debug)]
+pub struct Daemon {
+    pid: i32,
+    child: Child,
+    status: Option<ExitStatus>,
+    pub started: Instant,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    describe: String,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("log sink").clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("log sink").clone()
+    }
+
+    /// Command line and everything it printed so far, for messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "daemon: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.describe,
+            self.stdout().trim_end(),
+            self.stderr().trim_end()
+        )
+    }
+
+    /// `None` while it runs.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("waitpid on the daemon");
+        }
+        self.status
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// Waits up to `timeout` for the daemon to exit; then waits for its
+    /// output pipes to drain (so stderr is complete).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_status() {
+                self.drain_output().await;
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Lets the output readers finish (bounded: a grandchild could hold
+    /// the pipes open).
+    async fn drain_output(&mut self) {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline && self.readers.iter().any(|r| !r.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.readers.retain(|r| !r.is_finished());
+    }
+
+    /// Sends `signal` to the daemon (our own child, by pid).
+    pub fn signal(&mut self, signal: libc::c_int) {
+        assert!(self.is_running(), "daemon already exited\n{}", self.logs());
+        // SAFETY: kill(2) on the pid of our own unreaped child.
+        let r = unsafe { libc::kill(self.pid, signal) };
+        assert_eq!(r, 0, "kill({}, {signal}) failed", self.pid);
+    }
+
+    /// Panics (with the logs) if the daemon has exited.
+    pub fn assert_running(&mut self, when: &str) {
+        if let Some(s) = self.try_status() {
+            panic!("the daemon exited ({s}) {when}\n{}", self.logs());
+        }
+    }
+}
+
+/// `exit N` or `signal N`, for messages.
+pub fn status_text(s: &ExitStatus) -> String {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (_, Some(sig)) => format!("signal {sig}"),
+        _ => format!("{s}"),
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline && self.readers.iter().any(|r| !r.is_finished()) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
