@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod kubelet;
+pub mod monitor;
 pub mod podres;
 pub mod server;
 
@@ -19,6 +20,7 @@ pub use kubelet::{
     HEALTHY, KUBELET_SOCKET, UNHEALTHY,
 };
 pub use macvtap_testkit::*;
+pub use monitor::TimedMonitor;
 pub use podres::PodResources;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
