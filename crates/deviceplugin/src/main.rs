@@ -40,18 +40,28 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics (and /healthz), e.g. 127.0.0.1:9465.
     #[arg(long, value_name = "ADDR")]
     metrics_address: Option<SocketAddr>,
-    /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
+    /// Log format (logs go to stderr; RUST_LOG=error|warn|info|debug|trace sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
+    // One malloc arena: the daemon's few threads allocate little, and every
+    // extra arena is resident memory on every node.
+    // SAFETY: mallopt only tunes the allocator; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A plain level (error, warn, info, debug, trace): a full EnvFilter
+    // would pull in a regex engine and a megabyte of resident memory.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     match args.log_format {
