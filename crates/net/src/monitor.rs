@@ -2,12 +2,12 @@
 
 use std::io;
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
-use crate::netlink::{parse_link, Link};
+use crate::netlink::{messages, parse_link, Link};
 
 /// `RTNLGRP_LINK` from linux/rtnetlink.h.
 const RTNLGRP_LINK: u32 = 1;
@@ -59,28 +59,17 @@ impl LinkMonitor {
                 source,
             })?;
         let mut events = Vec::new();
-        let mut offset = 0;
-        while offset + 16 <= len {
-            let msg_len =
-                u32::from_ne_bytes(self.buf[offset..offset + 4].try_into().expect("4 bytes"))
-                    as usize;
-            if msg_len < 16 || offset + msg_len > len {
-                break;
-            }
-            if let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(
-                &self.buf[offset..offset + msg_len],
-            ) {
-                match msg.payload {
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                        events.push(LinkEvent::Changed(parse_link(l)))
-                    }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
-                        events.push(LinkEvent::Removed(parse_link(l)))
-                    }
-                    _ => {}
+        // An undecodable message is skipped: the next list catches up.
+        for msg in messages(&self.buf[..len]).flatten() {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    events.push(LinkEvent::Changed(parse_link(l)))
                 }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                    events.push(LinkEvent::Removed(parse_link(l)))
+                }
+                _ => {}
             }
-            offset += (msg_len + 3) & !3;
         }
         Ok(events)
     }

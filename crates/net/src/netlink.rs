@@ -206,25 +206,8 @@ impl Netlink {
                 .socket
                 .recv(&mut &mut self.buf[..], 0)
                 .map_err(|e| nl_err(op(), e))?;
-            let mut offset = 0;
-            while offset + 16 <= len {
-                let msg_len =
-                    u32::from_ne_bytes(self.buf[offset..offset + 4].try_into().expect("4 bytes"))
-                        as usize;
-                if msg_len < 16 || offset + msg_len > len {
-                    return Err(Error::Decode {
-                        op: op(),
-                        detail: "truncated message".into(),
-                    });
-                }
-                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(
-                    &self.buf[offset..offset + msg_len],
-                )
-                .map_err(|e| Error::Decode {
-                    op: op(),
-                    detail: e.to_string(),
-                })?;
-                offset += (msg_len + 3) & !3;
+            for parsed in messages(&self.buf[..len]) {
+                let parsed = parsed.map_err(|detail| Error::Decode { op: op(), detail })?;
                 if parsed.header.sequence_number != seq {
                     continue; // a stray answer to an earlier request
                 }
@@ -472,6 +455,27 @@ impl Netlink {
         )?;
         Ok(())
     }
+}
+
+/// The netlink messages in one datagram (each aligned to 4 bytes).
+pub(crate) fn messages(
+    buf: &[u8],
+) -> impl Iterator<Item = std::result::Result<NetlinkMessage<RouteNetlinkMessage>, String>> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset + 16 > buf.len() {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+        if len < 16 || offset + len > buf.len() {
+            offset = buf.len();
+            return Some(Err("truncated message".to_string()));
+        }
+        let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..offset + len])
+            .map_err(|e| e.to_string());
+        offset += (len + 3) & !3;
+        Some(parsed)
+    })
 }
 
 fn family(addr: IpAddr) -> AddressFamily {
