@@ -394,3 +394,75 @@ async fn a_kernel_failure_for_one_device_undoes_the_whole_call() {
     assert_eq!(lab.node.macvtaps().len(), 2);
     dp.assert_running("after the failure");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocates_of_distinct_devices_all_succeed() {
+    let world = World::new("dp-alloc-conc");
+    let lab = &world.lab;
+    let mut dp = world.start(&conf1("hostnet", 16, "host"), 1).await;
+    let base = world.ifindex_base("hostnet");
+    let mut calls = Vec::new();
+    let started = Instant::now();
+    for i in 0..8u64 {
+        let mut c = world.client("hostnet").await;
+        calls.push(tokio::spawn(async move {
+            let id = format!("hostnet-{i}");
+            let t = Instant::now();
+            let r = c.allocate(allocate_request(&[&[id.as_str()]])).await;
+            (id, r.map(|r| r.into_inner()), t.elapsed())
+        }));
+    }
+    let mut worst = Duration::ZERO;
+    for call in calls {
+        let (id, r, took) = call.await.expect("task");
+        let resp =
+            r.unwrap_or_else(|e| panic!("concurrent Allocate {id} failed: {e}\n{}", dp.logs()));
+        assert_eq!(resp.container_responses.len(), 1);
+        worst = worst.max(took);
+    }
+    measured(
+        "8 concurrent Allocates, attach host, all done",
+        started.elapsed(),
+    );
+    measured("8 concurrent Allocates, attach host, slowest call", worst);
+    let links = lab.node.macvtaps();
+    assert_eq!(
+        links.len(),
+        8,
+        "{:?}",
+        links.iter().map(|l| &l.name).collect::<Vec<_>>()
+    );
+    for i in 0..8u64 {
+        let id = format!("hostnet-{i}");
+        let link = lab.node.expect_link(&format!("mvtap{}", base + i));
+        assert_eq!(link.ifindex, base + i);
+        lab.assert_device_node(&world.dev_node(&id), &lab.node, &link, 107, 107);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reallocating_a_host_device_gives_a_working_link_and_node() {
+    // The kubelet allocates a device again when the pod it went to was
+    // removed before its sandbox ever ran: the link is still in NODE.
+    let world = World::new("dp-alloc-again");
+    let lab = &world.lab;
+    let mut dp = world.start(&conf1("hostnet", 4, "host"), 1).await;
+    let base = world.ifindex_base("hostnet");
+    let mut c = world.client("hostnet").await;
+    for round in 1..=2 {
+        c.allocate(allocate_request(&[&["hostnet-1"]]))
+            .await
+            .unwrap_or_else(|e| panic!("Allocate #{round} failed: {e}\n{}", dp.logs()));
+        let links = lab.node.macvtaps();
+        assert_eq!(links.len(), 1, "round {round}: {links:?}");
+        let link = lab.node.expect_link(&format!("mvtap{}", base + 1));
+        assert_eq!(link.ifindex, base + 1);
+        lab.assert_device_node(&world.dev_node("hostnet-1"), &lab.node, &link, 107, 107);
+    }
+    world
+        .cni_add("hostnet-1", "net1", "02:00:00:dd:00:01")
+        .result();
+    let link = lab.pod.expect_link("net1");
+    assert_eq!(link.ifindex, base + 1);
+    lab.assert_device_node(&world.dev_node("hostnet-1"), &lab.pod, &link, 107, 107);
+}

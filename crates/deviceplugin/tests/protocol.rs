@@ -301,3 +301,100 @@ async fn sigterm_removes_the_sockets_and_exits_0_within_a_second() {
 async fn sigint_removes_the_sockets_and_exits_0_within_a_second() {
     signal_exits_cleanly("dp-sigint", libc::SIGINT, "SIGINT").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_restart_with_a_gap_before_kubelet_sock_returns() {
+    let mut world = World::new("dp-restart-gap");
+    let mut dp = world.start(&two_resources(), 2).await;
+    // The new kubelet cleans the directory, then takes 400 ms to serve: a
+    // registration attempted in the gap fails, the daemon must still
+    // register once kubelet.sock is back.
+    world.kubelet.restart_with_gap(Duration::from_millis(400));
+    let regs = world.kubelet.wait_registrations(2, SLOW).await;
+    for r in &regs {
+        let after = r.at.duration_since(world.kubelet.started_at);
+        measured(
+            &format!(
+                "re-registration of {} after a 400 ms gap, from kubelet.sock",
+                r.request.resource_name
+            ),
+            after,
+        );
+        assert!(
+            after <= SECOND,
+            "{} after {after:?}",
+            r.request.resource_name
+        );
+        assert!(r.socket_existed && r.dial_back.is_ok(), "{r:?}");
+    }
+    let w = world.watch("dataplane").await;
+    assert_eq!(
+        ids(&w.first(SLOW).await.devices),
+        expected_ids("dataplane", 4)
+    );
+    dp.assert_running("after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_that_is_not_up_yet_is_registered_with_when_it_comes() {
+    let mut world = World::new("dp-late-kubelet");
+    world.kubelet.stop();
+    world.kubelet.delete_sockets();
+    let mut dp = world.spawn(&two_resources());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    dp.assert_running("without a kubelet");
+    world.kubelet.come_up();
+    let regs = world.kubelet.wait_registrations(2, SLOW).await;
+    for r in &regs {
+        let after = r.at.duration_since(world.kubelet.started_at);
+        measured(
+            &format!(
+                "registration of {} after a late kubelet came up",
+                r.request.resource_name
+            ),
+            after,
+        );
+        assert!(
+            after <= SECOND,
+            "{} after {after:?}",
+            r.request.resource_name
+        );
+        assert!(r.socket_existed && r.dial_back.is_ok(), "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_restarted_after_a_crash_replaces_its_stale_sockets() {
+    let world = World::new("dp-crash");
+    let mut dp = world.start(&two_resources(), 2).await;
+    dp.signal(libc::SIGKILL);
+    dp.wait_exit(SLOW).await.expect("SIGKILL ends it");
+    assert!(
+        world.socket("dataplane").exists(),
+        "a killed daemon cannot clean up; the stale socket should be there"
+    );
+    assert!(
+        connect(&world.socket("dataplane")).await.is_err(),
+        "the stale socket still answers"
+    );
+    let mut dp = world.spawn(&two_resources());
+    let regs = world.kubelet.wait_registrations(4, SLOW).await;
+    for r in &regs[2..] {
+        let after = r.at.duration_since(dp.started);
+        measured(
+            &format!(
+                "registration of {} after a crash restart",
+                r.request.resource_name
+            ),
+            after,
+        );
+        assert!(after <= Duration::from_millis(200), "{after:?}");
+        assert!(r.socket_existed && r.dial_back.is_ok(), "{r:?}");
+    }
+    let w = world.watch("hostnet").await;
+    assert_eq!(
+        ids(&w.first(SLOW).await.devices),
+        expected_ids("hostnet", 2)
+    );
+    dp.assert_running("after replacing the stale sockets");
+}

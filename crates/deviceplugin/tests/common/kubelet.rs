@@ -203,12 +203,48 @@ impl Kubelet {
     /// directory and serves `kubelet.sock` again. Returns when the new
     /// socket accepts connections.
     pub fn restart(&mut self) {
+        self.restart_with_gap(Duration::ZERO);
+    }
+
+    /// Like [`Kubelet::restart`], with `gap` between deleting the sockets
+    /// and serving the new kubelet.sock (a real kubelet cleans the
+    /// directory early in its start-up and serves later).
+    pub fn restart_with_gap(&mut self, gap: Duration) {
         if let Some(mut s) = self.server.take() {
             s.stop();
         }
+        self.delete_sockets();
+        self.generation += 1;
+        std::thread::sleep(gap);
+        self.serve();
+    }
+
+    /// Deletes every socket in the directory (kubelet.sock included).
+    pub fn delete_sockets(&self) {
         for socket in sockets_in(&self.dir) {
             fs::remove_file(&socket)
                 .unwrap_or_else(|e| panic!("cannot delete {}: {e}", socket.display()));
+        }
+    }
+
+    /// A kubelet that is not running yet: no server, no kubelet.sock.
+    pub fn absent(dir: &Path) -> Kubelet {
+        let (log, _) = watch::channel(Vec::new());
+        Kubelet {
+            dir: dir.to_path_buf(),
+            log: Arc::new(log),
+            generation: 0,
+            server: None,
+            started_at: Instant::now(),
+        }
+    }
+
+    /// Starts serving kubelet.sock (after [`Kubelet::absent`] or
+    /// [`Kubelet::stop`]) as a new generation.
+    pub fn come_up(&mut self) {
+        assert!(self.server.is_none(), "the kubelet is already serving");
+        if self.socket().exists() {
+            fs::remove_file(self.socket()).expect("remove the dead kubelet.sock");
         }
         self.generation += 1;
         self.serve();
