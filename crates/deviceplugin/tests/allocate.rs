@@ -438,6 +438,7 @@ async fn concurrent_allocates_of_distinct_devices_all_succeed() {
         assert_eq!(link.ifindex, base + i);
         lab.assert_device_node(&world.dev_node(&id), &lab.node, &link, 107, 107);
     }
+    dp.assert_running("after concurrent calls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,4 +466,5 @@ async fn reallocating_a_host_device_gives_a_working_link_and_node() {
     let link = lab.pod.expect_link("net1");
     assert_eq!(link.ifindex, base + 1);
     lab.assert_device_node(&world.dev_node("hostnet-1"), &lab.pod, &link, 107, 107);
+    dp.assert_running("after the attachment");
 }
