@@ -1,1 +1,146 @@
-fn main() {}
+//! `macvtapctl`: the host tool for wiring VMs to macvtaps by hand. Each
+//! subcommand parses, calls its module, prints; see `macvtapctl --help`.
+
+mod cli;
+mod doctor;
+mod host;
+mod iface;
+mod lab;
+mod libvirt;
+mod links;
+mod qemu;
+mod scope;
+mod tap;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde::Serialize;
+
+use crate::cli::{Cli, Command, GuestArgs};
+use crate::scope::{Scope, ScopeError};
+
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Link(#[from] links::LinkError),
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
+    #[error(transparent)]
+    Libvirt(#[from] libvirt::LibvirtError),
+    #[error(transparent)]
+    Doctor(#[from] doctor::DoctorError),
+    #[error(transparent)]
+    Lab(#[from] lab::LabError),
+    #[error(transparent)]
+    Guest(#[from] lab::guest::GuestError),
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("macvtapctl: error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                // thiserror's transparent variants repeat their source's text.
+                if !e.to_string().contains(&cause.to_string()) {
+                    eprintln!("  caused by: {cause}");
+                }
+                source = cause.source();
+            }
+            match e {
+                CtlError::Lab(lab) => ExitCode::from(lab.exit_code()),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), CtlError> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<ExitCode, CtlError> {
+    let scope = || Scope::open(cli.netns.as_deref());
+    match &cli.command {
+        Command::Create(args) => {
+            let info = links::create(&scope()?, args)?;
+            if cli.json {
+                print_json(&info)?;
+            } else {
+                print!("created {}", info.text());
+            }
+        }
+        Command::List => {
+            let scope = scope()?;
+            let items = links::list(&scope)?;
+            if cli.json {
+                print_json(&items)?;
+            } else {
+                print!("{}", links::list_text(&items, &scope));
+            }
+        }
+        Command::Show(args) => {
+            let info = links::show(&scope()?, &args.name)?;
+            if cli.json {
+                print_json(&info)?;
+            } else {
+                print!("{}", info.text());
+            }
+        }
+        Command::Delete(args) => {
+            let scope = scope()?;
+            links::delete(&scope, &args.name)?;
+            if cli.json {
+                print_json(&serde_json::json!({"deleted": args.name}))?;
+            } else {
+                println!("deleted {} in {}", args.name, scope.label());
+            }
+        }
+        Command::Qemu(args) => qemu::run(&scope()?, args)?,
+        Command::LibvirtXml(args) => print!("{}", libvirt::run(&scope()?, args)?),
+        Command::Doctor(args) => {
+            let report = doctor::run(&scope()?, args)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print!("{}", report.text());
+            }
+            if report.problems > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Lab(args) => {
+            let report = lab::run(args, cli.netns.is_some(), cli.json)?;
+            if cli.json {
+                print_json(&report)?;
+            }
+        }
+        Command::Guest(args) => guest(args, cli.json)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `guest`: the QEMU arguments that boot the lab's guest.
+fn guest(args: &GuestArgs, json: bool) -> Result<(), CtlError> {
+    let ensured = lab::guest::ensure(&args.cache_dir)?;
+    let qemu_args = lab::guest::qemu_args(&ensured.image, &args.ip, &args.serial, &args.tag)?;
+    if json {
+        print_json(&serde_json::json!({
+            "image": ensured.image,
+            "built": ensured.built,
+            "args": qemu_args,
+        }))?;
+    } else {
+        let words: Vec<String> = qemu_args.iter().map(|a| qemu::shell_quote(a)).collect();
+        println!("{}", words.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! The command line: every subcommand, its options and the help that
+//! teaches them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use macvtap_net::{MacAddr, MacvtapMode};
+
+/// Wire virtual machines to macvtaps by hand: create, inspect and delete
+/// macvtaps, start QEMU on one, print libvirt XML, diagnose the classic
+/// failures, and run a lab that boots a real VM on a CNI-made macvtap.
+///
+/// A macvtap is a macvlan child of a lower (uplink) device whose frames go
+/// to a character device (/dev/tapN) that QEMU reads and writes, so a guest
+/// sits directly on the uplink's LAN with its own MAC. Run as root.
+///
+/// Examples:
+///   macvtapctl create --lower eth0 --name mvtap0 --mac 02:00:00:00:00:01
+///   macvtapctl show mvtap0
+///   macvtapctl qemu --interface mvtap0 -- -m 1G -drive file=disk.qcow2
+///   macvtapctl doctor --interface mvtap0
+///   macvtapctl lab                      # the whole story in private namespaces
+///   macvtapctl --netns pod1 list --json # act inside /run/netns/pod1
+#[derive(Debug, Parser)]
+#[command(name = "macvtapctl", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// Act inside this network namespace: a name from `ip netns list`
+    /// (/run/netns/NAME) or a path such as /proc/PID/ns/net.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Print machine-readable JSON instead of text (commands that report).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Create(CreateArgs),
+    List,
+    Show(NameArg),
+    Delete(NameArg),
+    Qemu(QemuArgs),
+    LibvirtXml(LibvirtArgs),
+    Doctor(DoctorArgs),
+    Lab(LabArgs),
+    Guest(GuestArgs),
+}
+
+/// Create a macvtap on a lower device, up, and show it.
+///
+/// Modes: bridge (guests on the same lower device talk to each other
+/// directly; the default), vepa (all traffic goes out to the switch),
+/// private (guests cannot talk to each other), passthru (one macvtap takes
+/// over the lower device) and source (only frames from the --source-mac
+/// addresses are accepted).
+///
+/// Examples:
+///   macvtapctl create --lower eth0 --name mvtap0
+///   macvtapctl create --lower eth0 --name mvtap1 --mode vepa --mac 02:00:00:00:00:02 --mtu 9000
+///   macvtapctl create --lower eth0 --name mvtap2 --mode source \
+///       --source-mac 02:00:00:00:00:10 --source-mac 02:00:00:00:00:11
+///   macvtapctl create --lower eth0 --name mvtap3 --ifindex 4000   # promises /dev/tap4000
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct CreateArgs {
+    /// The lower (uplink) device, in the same namespace.
+    #[arg(long, value_name = "DEV")]
+    pub lower: String,
+    /// Name of the new macvtap (at most 15 characters).
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, value_parser = parse_mode, default_value = "bridge", value_name = "MODE")]
+    pub mode: MacvtapMode,
+    /// The macvtap's MAC; the guest must use the same one. Default: random.
+    #[arg(long, value_parser = parse_mac)]
+    pub mac: Option<MacAddr>,
+    /// Default: the lower device's.
+    #[arg(long, value_name = "N")]
+    pub mtu: Option<u32>,
+    /// source mode: a MAC allowed to send through the macvtap (repeat it).
+    #[arg(long = "source-mac", value_parser = parse_mac, value_name = "MAC")]
+    pub source_macs: Vec<MacAddr>,
+    /// Ask the kernel for this ifindex, so the device is /dev/tap<N>.
+    #[arg(long, value_name = "N")]
+    pub ifindex: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The macvtap's name.
+    pub name: String,
+}
+
+/// Whether QEMU should use vhost-net for the tap queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VhostChoice {
+    /// vhost-net when /dev/vhost-net can be opened, userspace virtio otherwise.
+    Auto,
+    /// vhost-net or fail.
+    On,
+    /// Userspace virtio.
+    Off,
+}
+
+/// Start QEMU on a macvtap: open its tap device safely, pass the fds, and
+/// give the guest NIC the macvtap's MAC.
+///
+/// The tap device is opened by the device number the kernel reports for
+/// the interface (a private node made and removed again), never by the
+/// /dev/tap<ifindex> name, which can belong to another namespace's macvtap.
+/// It is opened once per queue. macvtapctl then adds
+///   -netdev tap,id=mvtnet0,fd=N            (fds=N:M:... for several queues)
+///   -device virtio-net-pci,netdev=mvtnet0,mac=<the macvtap's MAC>[,mq=on]
+/// and `-accel kvm` or `-accel tcg` when you gave no accelerator, and
+/// replaces itself with QEMU (the fds stay open in QEMU).
+///
+/// Examples:
+///   macvtapctl qemu --interface mvtap0 -- -m 1G -drive file=disk.qcow2,if=virtio
+///   macvtapctl qemu --interface mvtap0 --queues 4 -- -smp 4 -m 2G -cdrom debian.iso
+///   macvtapctl --netns pod1 qemu --interface net1 --dry-run -- -m 512
+///   macvtapctl qemu --interface mvtap0 -- $(macvtapctl guest --serial stdio)   # the lab's tiny guest
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct QemuArgs {
+    /// The macvtap to attach the guest to.
+    #[arg(long, value_name = "IF")]
+    pub interface: String,
+    /// Queues (opens of the tap device); more than 1 enables virtio multiqueue.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16), value_name = "N")]
+    pub queues: u32,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub vhost: VhostChoice,
+    /// The QEMU binary.
+    #[arg(
+        long = "qemu",
+        default_value = "qemu-system-x86_64",
+        value_name = "BIN"
+    )]
+    pub qemu_bin: PathBuf,
+    /// Extra virtio-net-pci property (repeat it), e.g. romfile= or bootindex=1.
+    #[arg(long = "device-opt", value_name = "KEY=VALUE")]
+    pub device_opts: Vec<String>,
+    /// Print the QEMU command instead of running it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Arguments for QEMU, after `--`.
+    #[arg(last = true, value_name = "QEMU_ARGS")]
+    pub qemu_args: Vec<String>,
+}
+
+/// Print a libvirt <interface> element for a macvtap.
+///
+/// With --interface: libvirt uses an existing macvtap (KubeVirt's form):
+///   <interface type='ethernet'> with <target dev='IF' managed='no'/> and the
+///   macvtap's MAC; libvirt then opens /dev/tap<ifindex> itself (check it
+///   with `macvtapctl doctor --interface IF`).
+/// With --lower: libvirt creates the macvtap itself (<interface type='direct'>).
+///
+/// Examples:
+///   macvtapctl libvirt-xml --interface mvtap0 > nic.xml && virsh attach-device vm1 nic.xml --config
+///   macvtapctl libvirt-xml --lower eth0 --mode bridge --mac 02:00:00:00:00:05
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct LibvirtArgs {
+    /// An existing macvtap.
+    #[arg(long, value_name = "IF", conflicts_with_all = ["lower", "mode", "mac"], required_unless_present = "lower")]
+    pub interface: Option<String>,
+    /// The lower device libvirt should put a macvtap on.
+    #[arg(long, value_name = "DEV")]
+    pub lower: Option<String>,
+    /// Mode of the macvtap libvirt creates (bridge, vepa, private, passthru).
+    #[arg(long, value_parser = parse_mode, value_name = "MODE")]
+    pub mode: Option<MacvtapMode>,
+    /// The guest's MAC (default: libvirt picks one).
+    #[arg(long, value_parser = parse_mac)]
+    pub mac: Option<MacAddr>,
+    /// virtio queues (<driver queues='N'/>).
+    #[arg(long, value_name = "N")]
+    pub queues: Option<u32>,
+}
+
+/// Check a host (and a macvtap) for the classic failures and say how to
+/// fix each: /dev not mounted or the tap node missing (QEMU: "TUNGETIFF
+/// ioctl() failed: Inappropriate ioctl for device"), KVM missing, disabled
+/// or denied, a guest MAC that differs from the macvtap's (silent 100%
+/// loss), the guest using an IP the pod already has, the host unable to
+/// reach its guests in bridge mode, a lower device down or without carrier,
+/// and /dev/tap<ifindex> belonging to another namespace's macvtap.
+///
+/// The guest MAC is taken from --guest-mac or from the command line of the
+/// QEMU process that holds the tap device. Exit status 1 when a problem is
+/// found, 0 when clean (notes do not count).
+///
+/// Examples:
+///   macvtapctl doctor
+///   macvtapctl doctor --interface mvtap0 --guest-mac 52:54:00:12:34:56
+///   macvtapctl --netns pod1 doctor --interface net1 --guest-ip 10.0.0.5 --json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct DoctorArgs {
+    /// The macvtap to check (default: every macvtap in the namespace).
+    #[arg(long, value_name = "IF")]
+    pub interface: Option<String>,
+    /// The MAC the guest's NIC uses.
+    #[arg(long, value_parser = parse_mac, value_name = "MAC")]
+    pub guest_mac: Option<MacAddr>,
+    /// The IPv4/IPv6 address the guest uses.
+    #[arg(long, value_name = "IP")]
+    pub guest_ip: Option<std::net::IpAddr>,
+}
+
+/// Whether the lab boots a real VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VmChoice {
+    /// A real VM when QEMU is installed, else a stand-in that answers ARP and ping.
+    Auto,
+    /// A real VM, or fail.
+    Always,
+    /// The stand-in only (no QEMU needed).
+    Never,
+}
+
+/// The whole story, end to end, in network namespaces the lab makes and
+/// removes: a LAN, a node with the uplink veth `up0`, and an empty pod.
+///
+/// It runs the `macvtap` CNI plugin (found next to macvtapctl) exactly as
+/// Multus would, so the pod gets the macvtap `net1` with the MAC from
+/// CNI_ARGS; boots a small Debian guest with QEMU on it (built once from
+/// Debian packages and cached), proves ping, TCP and HTTP from the LAN,
+/// prints the timings, and removes everything it made, also on failure or
+/// Ctrl-C.
+///
+///   LAN 10.201.0.1 (lan0) ── veth ── up0 (node) ══ macvtap net1 (pod) ══ VM 10.201.0.10
+///
+/// Examples:
+///   macvtapctl lab
+///   macvtapctl lab --vm never        # no QEMU: a stand-in answers ping
+///   macvtapctl lab --keep            # leave it running; prints how to remove it
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct LabArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    pub vm: VmChoice,
+    /// Leave the namespaces (and the VM) in place on success or failure.
+    #[arg(long)]
+    pub keep: bool,
+    /// The CNI plugin binary (default: `macvtap` next to macvtapctl, then
+    /// /opt/cni/bin/macvtap).
+    #[arg(long, value_name = "PATH")]
+    pub cni_plugin: Option<PathBuf>,
+    /// The QEMU binary.
+    #[arg(
+        long = "qemu",
+        default_value = "qemu-system-x86_64",
+        value_name = "BIN"
+    )]
+    pub qemu_bin: PathBuf,
+    /// Where the guest kernel and initramfs are cached.
+    #[arg(long, default_value = DEFAULT_CACHE_DIR, value_name = "DIR")]
+    pub cache_dir: PathBuf,
+    /// Boot the guest with this MAC instead of the macvtap's (to watch the
+    /// silent loss that a mismatch causes, and doctor explain it).
+    #[arg(long, value_parser = parse_mac, value_name = "MAC")]
+    pub guest_mac: Option<MacAddr>,
+    /// How long to wait for the guest's first ping reply, in seconds.
+    #[arg(long, default_value_t = 90, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+/// Where `lab` and `guest` cache the guest kernel and initramfs.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/macvtapctl";
+
+/// Print the QEMU arguments that boot the lab's guest: a Debian kernel and
+/// a busybox initramfs (built from Debian packages on first use, cached)
+/// that configures --ip on its virtio NIC and answers ping, TCP echo on
+/// port 7 and HTTP on port 80. Needs `apt-get download`, busybox-static and xz.
+///
+/// Examples:
+///   macvtapctl qemu --interface mvtap0 -- $(macvtapctl guest --ip 192.0.2.10/24 --serial stdio)
+///   macvtapctl guest --json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct GuestArgs {
+    /// The guest's address with prefix length.
+    #[arg(long, default_value = "10.201.0.10/24", value_name = "CIDR")]
+    pub ip: String,
+    /// QEMU's -serial backend for the guest console (file:PATH, stdio, null).
+    #[arg(long, default_value = "null", value_name = "BACKEND")]
+    pub serial: String,
+    /// A word the guest serves in its HTTP page and console banner.
+    #[arg(long, default_value = "hello", value_name = "WORD")]
+    pub tag: String,
+    #[arg(long, default_value = DEFAULT_CACHE_DIR, value_name = "DIR")]
+    pub cache_dir: PathBuf,
+}
+
+fn parse_mode(s: &str) -> Result<MacvtapMode, String> {
+    s.parse()
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, String> {
+    MacAddr::parse_unicast(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn qemu_takes_everything_after_the_double_dash() {
+        let cli = Cli::try_parse_from([
+            "macvtapctl",
+            "qemu",
+            "--interface",
+            "mv0",
+            "--queues",
+            "2",
+            "--",
+            "-m",
+            "512",
+            "--queues",
+        ])
+        .unwrap();
+        let Command::Qemu(q) = cli.command else {
+            panic!("not qemu")
+        };
+        assert_eq!(q.queues, 2);
+        assert_eq!(q.qemu_args, ["-m", "512", "--queues"]);
+    }
+
+    /// The error clap prints for `create` with these extra arguments.
+    fn create_error(extra: &[&str]) -> String {
+        let mut argv = vec!["macvtapctl", "create", "--lower", "e", "--name", "n"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_modes_and_macs_are_refused_with_the_reason() {
+        let err = create_error(&["--mode", "hub"]);
+        assert!(err.contains("unknown macvtap mode"), "{err}");
+        let err = create_error(&["--mac", "01:00:5e:00:00:01"]);
+        assert!(err.contains("multicast"), "{err}");
+    }
+
+    #[test]
+    fn netns_and_json_go_anywhere() {
+        let cli = Cli::try_parse_from(["macvtapctl", "list", "--netns", "pod1", "--json"]).unwrap();
+        assert_eq!(cli.netns.as_deref(), Some("pod1"));
+        assert!(cli.json);
+    }
+}

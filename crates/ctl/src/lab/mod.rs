@@ -1,0 +1,851 @@
+//! `lab`: the whole story end to end, in namespaces the lab makes and
+//! removes. A LAN namespace, a node namespace with the uplink veth, an
+//! empty pod; the CNI plugin attaches the pod as Multus would; a real
+//! guest boots on the pod's macvtap (or a stand-in answers), and the LAN
+//! proves ping, TCP and HTTP.
+
+pub mod cni;
+mod cpio;
+mod elf;
+pub mod guest;
+mod probe;
+mod signals;
+mod standin;
+mod vm;
+mod world;
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use macvtap_net::{create_veth_pair, MacAddr, NodeInfo};
+use serde::Serialize;
+use serde_json::json;
+
+use self::cni::{Attachment, CniError};
+use self::guest::{Ensured, GuestError};
+use self::probe::{Pinger, ProbeError};
+use self::standin::StandIn;
+use self::vm::Vm;
+use self::world::{LabDir, Namespaces};
+use crate::cli::{DoctorArgs, LabArgs, VhostChoice, VmChoice};
+use crate::doctor::{self, Status};
+use crate::iface::InterfaceInfo;
+use crate::links::{self, LinkError};
+use crate::qemu::{self, NicOptions, QemuError};
+use crate::scope::{Scope, ScopeError};
+use crate::tap::{self, TapError};
+
+const LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 10);
+const PREFIX: u8 = 24;
+const UPLINK: &str = "up0";
+const LAN_IF: &str = "lan0";
+const POD_IF: &str = "net1";
+/// After the guest says it is up, how long ARP and the first reply may take.
+const REPLY_GRACE: Duration = Duration::from_secs(8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("the lab must run as root: it creates network namespaces, links and device nodes")]
+    NotRoot,
+    #[error("--netns does not apply to lab: it makes its own namespaces")]
+    NetnsGiven,
+    #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
+    Signals(#[source] nix::Error),
+    #[error("--vm always, but no VM can be booted: {0}")]
+    NoVm(String),
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("cannot set up the lab: {what}: {detail}")]
+    Setup { what: String, detail: String },
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
+    #[error("{0}")]
+    NoReply(String),
+    #[error("{what}: {detail}")]
+    Check { what: &'static str, detail: String },
+}
+
+impl LabError {
+    /// The exit status: 128+signal when interrupted, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LabError::Interrupted(sig) => 128u8.saturating_add(*sig as u8),
+            _ => 1,
+        }
+    }
+}
+
+fn setup_err(what: impl Into<String>) -> impl FnOnce(String) -> LabError {
+    let what = what.into();
+    move |detail| LabError::Setup { what, detail }
+}
+
+fn check_signal() -> Result<(), LabError> {
+    match signals::received() {
+        Some(sig) => Err(LabError::Interrupted(sig)),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Names {
+    pub lan: String,
+    pub node: String,
+    pub pod: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestInfo {
+    /// "vm" or "stand-in".
+    pub kind: &'static str,
+    /// Why a stand-in answered instead of a VM.
+    pub why_not_vm: Option<String>,
+    pub ip: String,
+    pub mac: String,
+    pub qemu_pid: Option<u32>,
+    pub kernel: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub guest_image_ms: Option<f64>,
+    pub guest_image_built: bool,
+    pub setup_ms: f64,
+    pub cni_add_ms: f64,
+    /// QEMU start (or stand-in start) to the guest's ready banner.
+    pub start_to_guest_ready_ms: Option<f64>,
+    /// QEMU start (or stand-in start) to the first ping reply at the LAN.
+    pub start_to_first_ping_ms: f64,
+    pub tcp_echo_ms: Option<f64>,
+    pub http_ms: Option<f64>,
+    pub cleanup_ms: Option<f64>,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LabReport {
+    pub tag: String,
+    pub namespaces: Names,
+    pub lab_dir: String,
+    pub interface: InterfaceInfo,
+    /// The node the CNI plugin made, and whether it is the interface's device.
+    pub cni_device_node: String,
+    pub cni_device_node_matches: bool,
+    pub guest: GuestInfo,
+    pub ping_rtt_ms: Vec<f64>,
+    pub tcp_echo: Option<String>,
+    pub http_status: Option<String>,
+    pub http_body: Option<String>,
+    pub timings: Timings,
+    /// With --keep: the script that removes what was kept.
+    pub cleanup_script: Option<String>,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+/// Narration: stdout, or stderr when stdout carries the JSON report.
+#[derive(Debug, Clone, Copy)]
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    fn line(&self, text: impl AsRef<str>) {
+        if self.json {
+            eprintln!("{}", text.as_ref());
+        } else {
+            println!("{}", text.as_ref());
+        }
+    }
+}
+
+/// What answers on the pod's macvtap.
+enum GuestChoice {
+    Vm(Ensured),
+    StandIn(Option<String>),
+}
+
+/// Everything the lab made, in drop order: the guest first, then the CNI
+/// attachment (DEL), the namespaces, the directory.
+#[derive(Default)]
+struct Made {
+    vm: Option<Vm>,
+    standin: Option<StandIn>,
+    attachment: Option<Attachment>,
+    namespaces: Namespaces,
+    dir: Option<LabDir>,
+}
+
+impl Made {
+    fn keep(&mut self) {
+        if let Some(vm) = &mut self.vm {
+            vm.keep();
+        }
+        if let Some(a) = &mut self.attachment {
+            a.keep();
+        }
+        self.namespaces.keep();
+        if let Some(d) = &mut self.dir {
+            d.keep();
+        }
+    }
+
+    /// Remove everything now, in order; returns the problems met.
+    fn teardown(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(mut vm) = self.vm.take() {
+            vm.stop();
+        }
+        self.standin = None;
+        if let Some(mut a) = self.attachment.take() {
+            if let Err(e) = a.del() {
+                problems.push(e.to_string());
+            }
+        }
+        problems.extend(self.namespaces.remove());
+        if let Some(mut d) = self.dir.take() {
+            if let Err(e) = d.remove() {
+                problems.push(format!("{}: {e}", d.path().display()));
+            }
+        }
+        problems
+    }
+}
+
+/// Run the lab. The report comes back on success; on failure or a signal
+/// everything made is removed before the error returns (unless `--keep`
+/// and not interrupted).
+pub fn run(args: &LabArgs, netns_given: bool, json: bool) -> Result<LabReport, LabError> {
+    if netns_given {
+        return Err(LabError::NetnsGiven);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LabError::NotRoot);
+    }
+    signals::install().map_err(LabError::Signals)?;
+    let say = Say { json };
+    let started = Instant::now();
+    let mut made = Made::default();
+    let outcome = drive(args, say, &mut made);
+    let interrupted = matches!(outcome, Err(LabError::Interrupted(_)));
+    if args.keep && !interrupted {
+        made.keep();
+        let script = write_cleanup_script(&made);
+        match &script {
+            Ok(path) => say.line(format!(
+                "\n== kept: namespaces {}; remove everything with: sh {}",
+                made.namespaces.names().join(" "),
+                path.display()
+            )),
+            Err(e) => say.line(format!("\n== kept, but no cleanup script: {e}")),
+        }
+        return outcome.map(|mut report| {
+            report.cleanup_script = script.ok().map(|p| p.display().to_string());
+            report.timings.total_ms = ms(started.elapsed());
+            report
+        });
+    }
+    let cleanup = Instant::now();
+    let problems = made.teardown();
+    let cleanup = cleanup.elapsed();
+    for p in &problems {
+        eprintln!("macvtapctl lab: cleanup: {p}");
+    }
+    let mut report = outcome?;
+    say.line(format!(
+        "\n== removed everything the lab made in {:.0} ms",
+        ms(cleanup)
+    ));
+    report.timings.cleanup_ms = Some(ms(cleanup));
+    report.timings.total_ms = ms(started.elapsed());
+    Ok(report)
+}
+
+/// `sh cleanup.sh` removes what `--keep` left: the QEMU process (by PID),
+/// the namespaces (and so the macvtap), the lab directory.
+fn write_cleanup_script(made: &Made) -> std::io::Result<PathBuf> {
+    let dir = made
+        .dir
+        .as_ref()
+        .map(|d| d.path().to_path_buf())
+        .ok_or_else(|| std::io::Error::other("no lab directory"))?;
+    let mut script =
+        String::from("#!/bin/sh\n# Removes what `macvtapctl lab --keep` left behind.\n");
+    if let Some(vm) = &made.vm {
+        script.push_str(&format!("kill {} 2>/dev/null\n", vm.pid));
+    }
+    for ns in made.namespaces.names().iter().rev() {
+        script.push_str(&format!("ip netns del {ns}\n"));
+    }
+    script.push_str(&format!("rm -rf {}\n", dir.display()));
+    let path = dir.join("cleanup.sh");
+    fs::write(&path, script)?;
+    guest::make_executable(&path)?;
+    Ok(path)
+}
+
+fn choose_guest(args: &LabArgs, say: Say) -> Result<GuestChoice, LabError> {
+    if args.vm == VmChoice::Never {
+        return Ok(GuestChoice::StandIn(Some("--vm never".into())));
+    }
+    let no_vm = |why: String| -> Result<GuestChoice, LabError> {
+        if args.vm == VmChoice::Always {
+            Err(LabError::NoVm(why))
+        } else {
+            say.line(format!(
+                "== no VM ({why}): a stand-in will answer ARP and ping instead"
+            ));
+            Ok(GuestChoice::StandIn(Some(why)))
+        }
+    };
+    if let Err(e) = std::process::Command::new(&args.qemu_bin)
+        .arg("--version")
+        .output()
+    {
+        return no_vm(format!(
+            "{} cannot run: {e}; apt-get install qemu-system-x86",
+            args.qemu_bin.display()
+        ));
+    }
+    say.line("== guest image (a Debian kernel and a busybox initramfs, cached)");
+    match guest::ensure(&args.cache_dir) {
+        Ok(ensured) => Ok(GuestChoice::Vm(ensured)),
+        Err(e @ GuestError::BadIp(_)) | Err(e @ GuestError::BadTag(_)) => {
+            Err(LabError::NoVm(e.to_string()))
+        }
+        Err(e) => no_vm(e.to_string()),
+    }
+}
+
+fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabError> {
+    let plugin = cni::find_plugin(args.cni_plugin.as_deref())?;
+    let choice = choose_guest(args, say)?;
+    let mut timings = Timings::default();
+    if let GuestChoice::Vm(e) = &choice {
+        timings.guest_image_ms = Some(ms(e.took));
+        timings.guest_image_built = e.built;
+        say.line(format!(
+            "   {} {} ({}, {}) in {:.0} ms",
+            if e.built { "built" } else { "cached:" },
+            e.image.package,
+            e.image.kernel_format,
+            e.image
+                .kernel
+                .parent()
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            ms(e.took)
+        ));
+    }
+    check_signal()?;
+
+    // The world.
+    let nonce = nonce();
+    let tag = format!("mvlab-{}-{:04x}", std::process::id(), nonce & 0xffff);
+    let dir = LabDir::new().map_err(|e| setup_err("lab directory")(e.to_string()))?;
+    let dir_path = dir.path().to_path_buf();
+    made.dir = Some(dir);
+    let names = Names {
+        lan: format!("{tag}-lan"),
+        node: format!("{tag}-node"),
+        pod: format!("{tag}-pod"),
+    };
+    say.line(format!(
+        "== namespaces {} ({LAN_IP}/{PREFIX} on {LAN_IF}) --veth-- {} (uplink {UPLINK}), and an empty pod {}",
+        names.lan, names.node, names.pod
+    ));
+    let setup_started = Instant::now();
+    let create = |made: &mut Made, name: &str| {
+        made.namespaces
+            .create(name)
+            .map_err(|e| setup_err(format!("namespace {name}"))(e.to_string()))
+    };
+    let lan = create(made, &names.lan)?;
+    let node = create(made, &names.node)?;
+    let pod = create(made, &names.pod)?;
+    wire(&lan, &node, &pod)?;
+    timings.setup_ms = ms(setup_started.elapsed());
+    check_signal()?;
+
+    // The pod's attachment, exactly as Multus would make it.
+    let mac = lab_mac(nonce);
+    let state_dir = dir_path.join("state");
+    let config = json!({
+        "cniVersion": "1.0.0",
+        "name": "macvtapctl-lab",
+        "type": "macvtap",
+        "master": UPLINK,
+        "mode": "bridge",
+        "mtu": 1500,
+        "stateDir": state_dir,
+    });
+    say.line(format!(
+        "== CNI ADD: {} (CNI_IFNAME={POD_IF}, CNI_ARGS MAC={mac}), from {}",
+        plugin.display(),
+        names.node
+    ));
+    let env = vec![
+        ("CNI_CONTAINERID", tag.clone()),
+        ("CNI_NETNS", pod.path().display().to_string()),
+        ("CNI_IFNAME", POD_IF.to_string()),
+        ("CNI_ARGS", format!("IgnoreUnknown=1;MAC={mac}")),
+    ];
+    let (attachment, result, took) = Attachment::add(&plugin, node.path(), env, &config)?;
+    made.attachment = Some(attachment);
+    timings.cni_add_ms = ms(took);
+    say.line(format!(
+        "   took {:.1} ms (process start included); result: {}",
+        ms(took),
+        result
+            .get("interfaces")
+            .map(|i| i.to_string())
+            .unwrap_or_default()
+    ));
+    let info = links::show(&pod, POD_IF)?;
+    if info.mac.as_deref() != Some(&mac.to_string()) {
+        return Err(LabError::Check {
+            what: "CNI ADD",
+            detail: format!("{POD_IF} has MAC {:?}, not {mac} from CNI_ARGS", info.mac),
+        });
+    }
+    for line in info.text().lines() {
+        say.line(format!("   {line}"));
+    }
+    let cni_node = state_dir
+        .join("pods")
+        .join(&tag)
+        .join(format!("{POD_IF}.tap"));
+    let cni_node_dev = NodeInfo::stat(&cni_node).ok().map(|n| n.dev.to_string());
+    let cni_node_matches = cni_node_dev.is_some() && cni_node_dev == info.device;
+    say.line(format!(
+        "   the plugin's device node {} is {}: {}",
+        cni_node.display(),
+        cni_node_dev.as_deref().unwrap_or("missing"),
+        if cni_node_matches {
+            "the device sysfs shows inside the pod"
+        } else {
+            "NOT the interface's device"
+        }
+    ));
+    if !cni_node_matches {
+        return Err(LabError::Check {
+            what: "CNI device node",
+            detail: format!(
+                "{} is {cni_node_dev:?}, the interface's device is {:?}",
+                cni_node.display(),
+                info.device
+            ),
+        });
+    }
+    check_signal()?;
+
+    // The guest.
+    let guest_mac = args.guest_mac.unwrap_or(mac);
+    let tag_word = format!("{nonce:08x}");
+    let mut guest_info = GuestInfo {
+        kind: "stand-in",
+        why_not_vm: None,
+        ip: format!("{GUEST_IP}/{PREFIX}"),
+        mac: guest_mac.to_string(),
+        qemu_pid: None,
+        kernel: None,
+    };
+    let start = match &choice {
+        GuestChoice::Vm(ensured) => {
+            let serial = dir_path.join("serial.log");
+            let log = dir_path.join("qemu.log");
+            let guest_args = guest::qemu_args(
+                &ensured.image,
+                &guest_info.ip,
+                &format!("file:{}", serial.display()),
+                &tag_word,
+            )
+            .map_err(|e| LabError::NoVm(e.to_string()))?;
+            let romless = vec!["romfile=".to_string()];
+            let nic = NicOptions {
+                queues: 1,
+                vhost: VhostChoice::Auto,
+                device_opts: &romless,
+                mac_override: args.guest_mac,
+            };
+            let plan = qemu::plan(&pod, POD_IF, &args.qemu_bin, &nic, &guest_args)?;
+            for note in &plan.notes {
+                say.line(format!("   note: {note}"));
+            }
+            let log_file =
+                fs::File::create(&log).map_err(|e| setup_err("QEMU log")(e.to_string()))?;
+            let log_err = log_file
+                .try_clone()
+                .map_err(|e| setup_err("QEMU log")(e.to_string()))?;
+            let started = Instant::now();
+            // Born in the pod's namespace, like virt-launcher's QEMU.
+            let child = pod.run(|| {
+                qemu::spawn(&plan, |cmd| {
+                    use std::os::unix::process::CommandExt;
+                    cmd.process_group(0)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(log_file)
+                        .stderr(log_err);
+                })
+            })??;
+            drop(plan);
+            let vm = Vm::new(child, &serial, &log);
+            say.line(format!(
+                "== QEMU (pid {}) boots the guest on {POD_IF} (tap opened by device number {}), guest MAC {guest_mac}",
+                vm.pid,
+                info.device.as_deref().unwrap_or("?")
+            ));
+            guest_info.kind = "vm";
+            guest_info.qemu_pid = Some(vm.pid);
+            guest_info.kernel = Some(ensured.image.package.clone());
+            made.vm = Some(vm);
+            started
+        }
+        GuestChoice::StandIn(why) => {
+            guest_info.why_not_vm = why.clone();
+            let mut nl = pod.netlink()?;
+            let link = pod.macvtap(&mut nl, POD_IF)?;
+            let mut queues = tap::open_queues(&pod, &link, 1)?;
+            let fd = queues
+                .fds
+                .pop()
+                .ok_or_else(|| setup_err("stand-in")("no tap queue".into()))?;
+            let started = Instant::now();
+            made.standin = Some(
+                StandIn::start(fd, guest_mac, GUEST_IP)
+                    .map_err(|e| setup_err("stand-in")(e.to_string()))?,
+            );
+            say.line(format!(
+                "== a stand-in answers ARP and ping as {GUEST_IP} on {POD_IF}'s tap device, MAC {guest_mac}"
+            ));
+            started
+        }
+    };
+
+    // The LAN's view.
+    let mut pinger = Pinger::new(&lan, GUEST_IP)?;
+    let (first_reply, ready_at) =
+        wait_first_reply(args, made, &mut pinger, start, &pod, guest_mac)?;
+    timings.start_to_first_ping_ms = ms(first_reply);
+    timings.start_to_guest_ready_ms = ready_at.map(ms);
+    say.line(format!(
+        "== first ping reply from {GUEST_IP} at the LAN {:.2} s after {} started{}",
+        first_reply.as_secs_f64(),
+        if guest_info.kind == "vm" {
+            "QEMU"
+        } else {
+            "the stand-in"
+        },
+        ready_at
+            .map(|r| format!(" (guest ready at {:.2} s)", r.as_secs_f64()))
+            .unwrap_or_default()
+    ));
+    let mut rtts = Vec::new();
+    for _ in 0..3 {
+        check_signal()?;
+        if let Some(rtt) = pinger
+            .ping(Duration::from_secs(1))
+            .map_err(|e| setup_err("ping")(e.to_string()))?
+        {
+            rtts.push(ms(rtt));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    say.line(format!(
+        "   ping: {}/3 replies, RTT {:?} ms",
+        rtts.len(),
+        rtts
+    ));
+    if rtts.is_empty() {
+        return Err(LabError::Check {
+            what: "ping",
+            detail: "the guest answered once, then stopped answering".into(),
+        });
+    }
+
+    let mut tcp_echo = None;
+    let mut http_status = None;
+    let mut http_body = None;
+    if guest_info.kind == "vm" {
+        check_signal()?;
+        let line = format!("macvtapctl lab {tag}");
+        let took = probe::tcp_echo(&lan, SocketAddr::from((GUEST_IP, 7)), &line)?;
+        timings.tcp_echo_ms = Some(ms(took));
+        say.line(format!(
+            "== TCP echo (port 7): sent and got back {line:?} in {:.1} ms",
+            ms(took)
+        ));
+        tcp_echo = Some(line);
+        check_signal()?;
+        let (status, body, took) = probe::http_get(&lan, SocketAddr::from((GUEST_IP, 80)))?;
+        timings.http_ms = Some(ms(took));
+        let want = format!("macvtapctl lab guest {tag_word} mac {guest_mac}");
+        if !status.contains(" 200") || body.trim() != want {
+            return Err(LabError::Check {
+                what: "HTTP GET /",
+                detail: format!("got {status:?} {body:?}, wanted 200 and {want:?}"),
+            });
+        }
+        say.line(format!(
+            "== HTTP GET / (port 80): {status}: {:?} in {:.1} ms",
+            body.trim(),
+            ms(took)
+        ));
+        say.line(format!(
+            "   the guest itself reports MAC {guest_mac}, the macvtap's"
+        ));
+        http_status = Some(status);
+        http_body = Some(body.trim().to_string());
+    }
+
+    let report = LabReport {
+        tag,
+        namespaces: names,
+        lab_dir: dir_path.display().to_string(),
+        interface: info,
+        cni_device_node: cni_node.display().to_string(),
+        cni_device_node_matches: cni_node_matches,
+        guest: guest_info,
+        ping_rtt_ms: rtts,
+        tcp_echo,
+        http_status,
+        http_body,
+        timings,
+        cleanup_script: None,
+    };
+    say.line(report_text(&report));
+    Ok(report)
+}
+
+/// The veth uplink between LAN and node, addresses, links up, quick ARP.
+fn wire(lan: &Scope, node: &Scope, pod: &Scope) -> Result<(), LabError> {
+    let lan_fd = lan.netns().raw_fd();
+    node.run(|| create_veth_pair(UPLINK, LAN_IF, Some(lan_fd)))?
+        .map_err(|e| setup_err("veth uplink")(e.to_string()))?;
+    let up = |scope: &Scope, name: &str, addr: Option<Ipv4Addr>| -> Result<(), LabError> {
+        let mut nl = scope.netlink()?;
+        let link = scope.link(&mut nl, name)?;
+        if let Some(a) = addr {
+            nl.add_address(link.index, a.into(), PREFIX)
+                .map_err(|e| setup_err(format!("address on {name}"))(e.to_string()))?;
+        }
+        nl.configure_link(link.index, None, None, None, Some(true))
+            .map_err(|e| setup_err(format!("{name} up"))(e.to_string()))
+    };
+    for scope in [lan, node, pod] {
+        up(scope, "lo", None)?;
+    }
+    up(node, UPLINK, None)?;
+    up(lan, LAN_IF, Some(LAN_IP))?;
+    // ARP retries every 100 ms instead of every second: the first reply
+    // then shows when the guest is up, not when the next retry happens.
+    lan.run(|| {
+        fs::write(
+            format!("/proc/sys/net/ipv4/neigh/{LAN_IF}/retrans_time_ms"),
+            "100",
+        )
+    })?
+    .map_err(|e| setup_err("ARP retry time")(e.to_string()))?;
+    Ok(())
+}
+
+/// Ping until the first reply; (start→reply, start→guest ready banner).
+fn wait_first_reply(
+    args: &LabArgs,
+    made: &mut Made,
+    pinger: &mut Pinger,
+    start: Instant,
+    pod: &Scope,
+    guest_mac: MacAddr,
+) -> Result<(Duration, Option<Duration>), LabError> {
+    let deadline = start + Duration::from_secs(args.timeout);
+    let mut ready_at = None;
+    loop {
+        check_signal()?;
+        if let Some(vm) = &mut made.vm {
+            if let Some(status) = vm.exited() {
+                return Err(LabError::NoReply(format!(
+                    "QEMU exited ({status}) before the guest answered\n{}",
+                    vm.tails()
+                )));
+            }
+            if ready_at.is_none() && vm.guest_ready() {
+                ready_at = Some(start.elapsed());
+            }
+        } else if ready_at.is_none() {
+            ready_at = Some(start.elapsed());
+        }
+        let reply = pinger
+            .ping(Duration::from_millis(100))
+            .map_err(|e| setup_err("ping")(e.to_string()))?;
+        if reply.is_some() {
+            return Ok((start.elapsed(), ready_at));
+        }
+        let gave_up = match ready_at {
+            Some(r) => start.elapsed() > r + REPLY_GRACE,
+            None => Instant::now() > deadline,
+        };
+        if gave_up {
+            return Err(LabError::NoReply(no_reply_story(
+                made, pod, guest_mac, ready_at, start,
+            )));
+        }
+    }
+}
+
+/// Why nothing answered: the guest's state and doctor's problems.
+fn no_reply_story(
+    made: &Made,
+    pod: &Scope,
+    guest_mac: MacAddr,
+    ready_at: Option<Duration>,
+    start: Instant,
+) -> String {
+    let mut story = match ready_at {
+        Some(r) => format!(
+            "the guest is up ({:.1} s after start) but {GUEST_IP} did not answer ping within {} s",
+            r.as_secs_f64(),
+            REPLY_GRACE.as_secs()
+        ),
+        None => format!(
+            "no reply from {GUEST_IP} and no sign of the guest after {:.0} s",
+            start.elapsed().as_secs_f64()
+        ),
+    };
+    let doctor_args = DoctorArgs {
+        interface: Some(POD_IF.into()),
+        // A QEMU guest's MAC is read from its command line; the stand-in has none.
+        guest_mac: made.vm.is_none().then_some(guest_mac),
+        guest_ip: None,
+    };
+    match doctor::run(pod, &doctor_args) {
+        Ok(report) => {
+            let problems: Vec<_> = report
+                .findings
+                .iter()
+                .filter(|f| f.status == Status::Problem)
+                .collect();
+            if problems.is_empty() {
+                story.push_str("\ndoctor found no problem on the macvtap");
+            }
+            for p in problems {
+                story.push_str(&format!(
+                    "\ndoctor: {} {}: {}",
+                    p.subject, p.check, p.summary
+                ));
+                if let Some(why) = &p.why {
+                    story.push_str(&format!("\n  why: {why}"));
+                }
+                if let Some(fix) = &p.fix {
+                    story.push_str(&format!("\n  fix: {fix}"));
+                }
+            }
+        }
+        Err(e) => story.push_str(&format!("\n(doctor could not run: {e})")),
+    }
+    if let Some(vm) = &made.vm {
+        story.push('\n');
+        story.push_str(&vm.tails());
+    }
+    story
+}
+
+fn report_text(r: &LabReport) -> String {
+    let t = &r.timings;
+    let opt = |v: Option<f64>, unit: &str| {
+        v.map(|v| format!("{v:.1} {unit}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = String::from("\n== report\n");
+    let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<34} {v}\n"));
+    row(
+        "guest",
+        match r.guest.kind {
+            "vm" => format!(
+                "QEMU pid {} ({}), {} {}",
+                r.guest.qemu_pid.unwrap_or_default(),
+                r.guest.kernel.as_deref().unwrap_or("?"),
+                r.guest.ip,
+                r.guest.mac
+            ),
+            _ => format!(
+                "stand-in ({}), {} {}",
+                r.guest.why_not_vm.as_deref().unwrap_or("no VM"),
+                r.guest.ip,
+                r.guest.mac
+            ),
+        },
+    );
+    row(
+        "guest image",
+        match t.guest_image_ms {
+            Some(v) if t.guest_image_built => format!("built in {:.1} s", v / 1000.0),
+            Some(v) => format!("cached ({v:.0} ms)"),
+            None => "-".into(),
+        },
+    );
+    row("namespaces + uplink", format!("{:.1} ms", t.setup_ms));
+    row(
+        "CNI ADD (process included)",
+        format!("{:.1} ms", t.cni_add_ms),
+    );
+    row(
+        "start -> guest ready (console)",
+        opt(t.start_to_guest_ready_ms.map(|v| v / 1000.0), "s"),
+    );
+    row(
+        "start -> first ping reply at LAN",
+        format!("{:.2} s", t.start_to_first_ping_ms / 1000.0),
+    );
+    row("ping RTT", format!("{:?} ms", r.ping_rtt_ms));
+    row("TCP echo (connect + echo)", opt(t.tcp_echo_ms, "ms"));
+    row("HTTP GET /", opt(t.http_ms, "ms"));
+    out
+}
+
+/// A per-run number for names, MAC and the guest's tag.
+fn nonce() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+/// A locally administered unicast MAC, 02:6d:76 ("mv") + the nonce.
+fn lab_mac(nonce: u32) -> MacAddr {
+    let n = nonce.to_be_bytes();
+    MacAddr([0x02, 0x6d, 0x76, n[1], n[2], n[3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_macs_are_unicast_and_local() {
+        for n in [0, 1, 0xffff_ffff, 0x1234_5678] {
+            let mac = lab_mac(n);
+            assert_eq!(mac.0[0] & 1, 0, "unicast");
+            assert_eq!(mac.0[0] & 2, 2, "locally administered");
+            assert!(MacAddr::parse_unicast(&mac.to_string()).is_ok());
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Opening a macvtap's tap device safely: by the device number the kernel
+//! reports for the interface in its own namespace, through a private node
+//! that exists only while it is opened. Never by the `/dev/tap<ifindex>`
+//! name, which belongs to whichever namespace's macvtap took it first.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use macvtap_net::{make_device_node, DeviceNumber, Link};
+
+use crate::scope::{Scope, ScopeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error("cannot read the tap device number of {name}: {source}")]
+    DeviceNumber {
+        name: String,
+        #[source]
+        source: macvtap_net::Error,
+    },
+    #[error("cannot make a private device node: {0}")]
+    Node(#[source] io::Error),
+    #[error("cannot make a private device node: {0}")]
+    NodeKernel(#[source] macvtap_net::Error),
+    #[error("cannot open the tap device {dev} of {name} (queue {queue}): {source}")]
+    Open {
+        name: String,
+        dev: DeviceNumber,
+        queue: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the device opened for {want} belongs to {got:?}; refusing to use it")]
+    WrongInterface { want: String, got: String },
+    #[error("TUNGETIFF on the tap device of {name} failed: {source}")]
+    GetIff {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Open tap queues of one macvtap.
+#[derive(Debug)]
+pub struct TapQueues {
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Open `queues` queues of the macvtap `link`, which lives in `scope`.
+pub fn open_queues(scope: &Scope, link: &Link, queues: u32) -> Result<TapQueues, TapError> {
+    let dev = scope
+        .sysfs()?
+        .tap_device_number(&link.name, link.index)
+        .map_err(|source| TapError::DeviceNumber {
+            name: link.name.clone(),
+            source,
+        })?;
+    let dir = PrivateDir::new().map_err(TapError::Node)?;
+    let node = dir.path().join("tap");
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    make_device_node(&node, dev, uid, gid).map_err(TapError::NodeKernel)?;
+    let mut fds = Vec::new();
+    for queue in 0..queues {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&node)
+            .map_err(|source| TapError::Open {
+                name: link.name.clone(),
+                dev,
+                queue,
+                source,
+            })?;
+        fds.push(OwnedFd::from(file));
+    }
+    drop(dir);
+    // Belt and braces: the kernel itself says which interface this is.
+    if let Some(first) = fds.first() {
+        let got = tap_interface_name(first).map_err(|source| TapError::GetIff {
+            name: link.name.clone(),
+            source,
+        })?;
+        if got != link.name {
+            return Err(TapError::WrongInterface {
+                want: link.name.clone(),
+                got,
+            });
+        }
+    }
+    Ok(TapQueues { fds })
+}
+
+/// The interface name behind an open tap fd (`TUNGETIFF`).
+pub fn tap_interface_name(fd: &impl AsRawFd) -> io::Result<String> {
+    // _IOR('T', 210, unsigned int)
+    const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+    // struct ifreq: a 16-byte name, then a 24-byte union (flags here).
+    let mut ifreq = [0u8; 40];
+    // SAFETY: TUNGETIFF writes at most sizeof(struct ifreq) = 40 bytes.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF as _, ifreq.as_mut_ptr()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name = &ifreq[..16];
+    let len = name.iter().position(|&b| b == 0).unwrap_or(16);
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+}
+
+/// A directory only root can enter, removed with whatever is in it.
+#[derive(Debug)]
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new() -> io::Result<PrivateDir> {
+        let base = std::env::temp_dir().join("macvtapctl-XXXXXX");
+        let path = nix::unistd::mkdtemp(&base).map_err(io::Error::from)?;
+        Ok(PrivateDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether a path can be opened read-write (a device we would hand QEMU).
+pub fn can_open_rw(path: &str) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
+}
