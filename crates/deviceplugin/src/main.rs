@@ -40,6 +40,10 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics (and /healthz), e.g. 127.0.0.1:9465.
     #[arg(long, value_name = "ADDR")]
     metrics_address: Option<SocketAddr>,
+    /// Only check DP_MACVTAP_CONF (and DP_MACVTAP_DISCOVER_KINDS), print the
+    /// resources it defines, and exit: 0 when valid, 1 when not.
+    #[arg(long)]
+    check_config: bool,
     /// Log format (logs go to stderr; RUST_LOG=error|warn|info|debug|trace sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -78,6 +82,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.check_config {
+        match &config {
+            Config::Static(resources) => {
+                for r in resources {
+                    println!(
+                        "macvtap.network.kubevirt.io/{}: lowerDevice {}, mode {}, capacity {}, attach {}",
+                        r.name,
+                        r.lower_device,
+                        r.mode,
+                        r.capacity,
+                        match r.attach {
+                            macvtap_state::Attach::Pod => "pod",
+                            macvtap_state::Attach::Host => "host",
+                        }
+                    );
+                }
+            }
+            Config::Discover(kinds) => {
+                let kinds: Vec<String> = kinds.iter().map(ToString::to_string).collect();
+                println!("discovery of {} links", kinds.join(", "));
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     let paths = Paths {
         device_plugin_dir: args.device_plugin_path,
         state_dir: args.state_dir,
