@@ -88,6 +88,16 @@ async fn each_resource_is_served_then_registered_within_200ms() {
         );
         assert!(world.socket(name).exists());
     }
+    // `master` is an alias of lowerDevice; resources.json has the resources
+    // as configured.
+    let host = world.resource_entry("hostnet");
+    assert_eq!(host["lowerDevice"], LOWER, "{host}");
+    assert_eq!(host["mode"], "vepa", "{host}");
+    assert_eq!(host["capacity"], 2, "{host}");
+    assert_eq!(host["attach"], "host", "{host}");
+    let data = world.resource_entry("dataplane");
+    assert_eq!(data["mode"], "bridge", "default mode: {data}");
+    assert_eq!(data["attach"], "pod", "default attach: {data}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,6 +163,46 @@ async fn bad_configurations_exit_1_naming_the_problem() {
     );
 }
 
+#[test]
+fn help_lists_the_flags() {
+    let out = std::process::Command::new(DAEMON)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("run --help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "--help: {:?}\n{text}", out.status);
+    for flag in [
+        "--device-plugin-path",
+        "--state-dir",
+        "--pod-resources-socket",
+        "--metrics-address",
+        "--log-format",
+    ] {
+        assert!(text.contains(flag), "--help does not list {flag}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_prints_one_json_object_per_line() {
+    let world = World::new("dp-logjson");
+    let mut cmd = world.cmd(&conf1("dataplane", 2, "pod"));
+    cmd.extra_args = vec!["--log-format".into(), "json".into()];
+    let mut dp = cmd.spawn();
+    world.kubelet.wait_registrations(1, SLOW).await;
+    dp.signal(libc::SIGTERM);
+    let st = dp.wait_exit(SLOW).await;
+    assert!(st.is_some_and(|s| s.success()), "{}", dp.logs());
+    let stderr = dp.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log at all\n{}", dp.logs());
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"));
+        assert!(v.is_object(), "log line is not an object: {l}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_lower_device_is_not_a_configuration_error() {
     let world = World::new("dp-nolower");
