@@ -73,7 +73,9 @@ pub struct CreateArgs {
     pub name: String,
     #[arg(long, value_parser = parse_mode, default_value = "bridge", value_name = "MODE")]
     pub mode: MacvtapMode,
-    /// The macvtap's MAC; the guest must use the same one. Default: random.
+    /// The macvtap's MAC; the guest must use the same one. Default: random
+    /// (passthru: the lower device's, and a MAC given here becomes the
+    /// lower device's too).
     #[arg(long, value_parser = parse_mac)]
     pub mac: Option<MacAddr>,
     /// Default: the lower device's.

@@ -384,15 +384,32 @@ fn check_tap_name(f: &mut Findings, link: &Link, dev: DeviceNumber) {
 fn check_guest_mac(f: &mut Findings, link: &Link, dev: DeviceNumber, given: Option<MacAddr>) {
     let Some(mac) = link.mac else { return };
     let mut guests: Vec<(String, Option<MacAddr>)> = Vec::new();
+    let mut others = Vec::new();
     if let Some(g) = given {
         guests.push(("--guest-mac".into(), Some(g)));
     } else {
         for holder in tap_holders(dev) {
-            let nic = guest_nic_mac(&holder.cmdline, holder.fd);
-            guests.push((format!("{} (pid {})", holder.program(), holder.pid), nic));
+            let who = format!("{} (pid {})", holder.program(), holder.pid);
+            match guest_nic(&holder.cmdline, holder.fd) {
+                GuestNic::Mac(m) => guests.push((who, Some(m))),
+                GuestNic::DefaultMac => guests.push((who, None)),
+                GuestNic::NotFound => others.push(who),
+            }
         }
     }
-    if guests.is_empty() {
+    if guests.is_empty() && !others.is_empty() {
+        f.add(
+            &link.name,
+            "guest mac",
+            Status::Note,
+            format!(
+                "the tap device is held by {}, whose command line shows no NIC on it; pass --guest-mac to compare",
+                others.join(", ")
+            ),
+            None,
+            None,
+        );
+    } else if guests.is_empty() {
         f.add(
             &link.name,
             "guest mac",
@@ -616,10 +633,17 @@ fn opt<'a>(opts: &'a [(String, String)], key: &str) -> Option<&'a str> {
     opts.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-/// The MAC a QEMU command line gives the NIC whose tap backend is `fd`:
-/// `Some(mac)`, or `None` when the NIC has no `mac=` (QEMU's default) or
-/// no NIC uses that fd.
-pub fn guest_nic_mac(cmdline: &[String], fd: i32) -> Option<MacAddr> {
+/// What a QEMU command line says about the NIC on tap fd `fd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestNic {
+    Mac(MacAddr),
+    /// A NIC without `mac=`: QEMU gives it 52:54:00:12:34:5x.
+    DefaultMac,
+    /// No NIC uses that fd (not QEMU, or a form we do not read).
+    NotFound,
+}
+
+pub fn guest_nic(cmdline: &[String], fd: i32) -> GuestNic {
     let values = |flag: &str| -> Vec<Vec<(String, String)>> {
         cmdline
             .windows(2)
@@ -632,24 +656,34 @@ pub fn guest_nic_mac(cmdline: &[String], fd: i32) -> Option<MacAddr> {
         opt(o, "fd") == Some(fd.as_str())
             || opt(o, "fds").is_some_and(|list| list.split(':').any(|x| x == fd))
     };
-    let mac = |o: &[(String, String)]| opt(o, "mac").and_then(|m| MacAddr::parse_unicast(m).ok());
+    let mac = |o: &[(String, String)]| match opt(o, "mac").map(MacAddr::parse_unicast) {
+        Some(Ok(m)) => GuestNic::Mac(m),
+        _ => GuestNic::DefaultMac,
+    };
     // -nic tap,fd=N,mac=... carries both halves.
     if let Some(nic) = values("-nic").into_iter().find(|o| uses_fd(o)) {
         return mac(&nic);
     }
-    let id = values("-netdev")
+    let Some(id) = values("-netdev")
         .into_iter()
         .find(|o| uses_fd(o))
-        .and_then(|o| opt(&o, "id").map(str::to_string))?;
+        .and_then(|o| opt(&o, "id").map(str::to_string))
+    else {
+        return GuestNic::NotFound;
+    };
     values("-device")
         .into_iter()
         .find(|o| opt(o, "netdev") == Some(id.as_str()))
-        .and_then(|o| mac(&o))
+        .map_or(GuestNic::NotFound, |o| mac(&o))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mac(s: &str) -> MacAddr {
+        MacAddr::parse_unicast(s).unwrap()
+    }
 
     fn words(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
@@ -661,24 +695,15 @@ mod tests {
             "qemu -netdev tap,id=a,fd=3 -device e1000,netdev=a,mac=02:00:00:00:00:01 \
              -netdev tap,id=b,fds=5:6 -device virtio-net-pci,netdev=b,mac=02:00:00:00:00:02,mq=on",
         );
-        assert_eq!(
-            guest_nic_mac(&cmd, 3).unwrap().to_string(),
-            "02:00:00:00:00:01"
-        );
-        assert_eq!(
-            guest_nic_mac(&cmd, 6).unwrap().to_string(),
-            "02:00:00:00:00:02"
-        );
-        assert_eq!(guest_nic_mac(&cmd, 9), None);
+        assert_eq!(guest_nic(&cmd, 3), GuestNic::Mac(mac("02:00:00:00:00:01")));
+        assert_eq!(guest_nic(&cmd, 6), GuestNic::Mac(mac("02:00:00:00:00:02")));
+        assert_eq!(guest_nic(&cmd, 9), GuestNic::NotFound);
     }
 
     #[test]
     fn reads_nic_shorthand_and_libvirt_json() {
         let nic = words("qemu -nic tap,fd=4,model=virtio-net-pci,mac=02:00:00:00:00:04");
-        assert_eq!(
-            guest_nic_mac(&nic, 4).unwrap().to_string(),
-            "02:00:00:00:00:04"
-        );
+        assert_eq!(guest_nic(&nic, 4), GuestNic::Mac(mac("02:00:00:00:00:04")));
         let json = vec![
             "qemu".to_string(),
             "-netdev".to_string(),
@@ -687,15 +712,17 @@ mod tests {
             r#"{"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0","mac":"02:00:00:00:00:27"}"#.to_string(),
         ];
         assert_eq!(
-            guest_nic_mac(&json, 27).unwrap().to_string(),
-            "02:00:00:00:00:27"
+            guest_nic(&json, 27),
+            GuestNic::Mac(mac("02:00:00:00:00:27"))
         );
     }
 
     #[test]
     fn a_nic_without_mac_is_reported_as_the_default() {
         let cmd = words("qemu -netdev tap,id=a,fd=3 -device virtio-net-pci,netdev=a");
-        assert_eq!(guest_nic_mac(&cmd, 3), None);
+        assert_eq!(guest_nic(&cmd, 3), GuestNic::DefaultMac);
+        let not_qemu = words("sleep 30");
+        assert_eq!(guest_nic(&not_qemu, 3), GuestNic::NotFound);
     }
 
     #[test]

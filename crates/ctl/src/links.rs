@@ -90,7 +90,18 @@ pub fn create(scope: &Scope, args: &CreateArgs) -> Result<InterfaceInfo, LinkErr
             hint: create_hint(&source, args),
             source,
         })?;
-    let link = scope.macvtap(&mut nl, &args.name)?;
+    let mut link = scope.macvtap(&mut nl, &args.name)?;
+    // passthru inherits the lower device's MAC at creation, whatever was
+    // asked; setting it afterwards gives both the requested MAC.
+    if let Some(mac) = args.mac.filter(|m| link.mac != Some(*m)) {
+        nl.configure_link(link.index, Some(mac), None, None, None)
+            .map_err(|source| LinkError::Create {
+                name: args.name.clone(),
+                hint: format!(" (setting MAC {mac} after creation)"),
+                source,
+            })?;
+        link = scope.macvtap(&mut nl, &args.name)?;
+    }
     Ok(InterfaceInfo::gather(&link, &mut nl, &scope.sysfs()?))
 }
 
