@@ -152,6 +152,7 @@ async fn allocate_attach_pod_then_cni_add_gives_the_promised_devices() {
             base + i
         );
         assert_eq!(link.mac, mac, "{}", link.json);
+        assert_eq!(link.mtu, 1500, "{}", link.json);
         lab.assert_lower_is_up0(&lab.pod, &link);
         lab.assert_device_node(&world.dev_node(&id), &lab.pod, &link, 107, 107);
     }
