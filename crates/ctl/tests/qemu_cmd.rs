@@ -30,15 +30,15 @@ fn fake_qemu(dir: &Path) -> PathBuf {
             dir = dir.display()
         ),
     )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    .expect("write the fake QEMU");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod the fake QEMU");
     script
 }
 
 /// (argv, fd -> "major:minor type") the fake QEMU saw.
 fn seen(dir: &Path) -> (Vec<String>, BTreeMap<String, String>) {
-    let args = fs::read_to_string(dir.join("args")).unwrap();
-    let fds = fs::read_to_string(dir.join("fds")).unwrap();
+    let args = fs::read_to_string(dir.join("args")).expect("the fake QEMU ran");
+    let fds = fs::read_to_string(dir.join("fds")).expect("the fake QEMU ran");
     let fds = fds
         .lines()
         .filter_map(|l| l.split_once(' '))
