@@ -408,3 +408,35 @@ async fn a_daemon_restarted_after_a_crash_replaces_its_stale_sockets() {
     );
     dp.assert_running("after replacing the stale sockets");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_sock_that_refuses_at_first_is_retried_within_a_second() {
+    // kubelet.sock appears at bind(2) and refuses connections until
+    // listen(2). A real kubelet's window is microseconds, and a daemon that
+    // reacts to the file's creation can hit it; here it is 100 ms wide so
+    // the case is tested every time, not by chance.
+    let mut world = World::new("dp-refusing");
+    let mut dp = world.start(&two_resources(), 2).await;
+    world
+        .kubelet
+        .restart_listen_delayed(Duration::from_millis(100));
+    let regs = world.kubelet.wait_registrations(2, 3 * SECOND).await;
+    for r in &regs {
+        let after = r.at.duration_since(world.kubelet.started_at);
+        measured(
+            &format!(
+                "re-registration of {} after kubelet.sock appeared refusing for 100 ms",
+                r.request.resource_name
+            ),
+            after,
+        );
+        assert!(
+            after <= SECOND,
+            "{} re-registered {after:?} after kubelet.sock appeared (it accepted \
+             connections 100 ms after that)\n{}",
+            r.request.resource_name,
+            dp.logs()
+        );
+    }
+    dp.assert_running("after the restart");
+}

@@ -141,14 +141,33 @@ impl Kubelet {
     }
 
     fn serve(&mut self) {
+        self.serve_listen_delayed(Duration::ZERO);
+    }
+
+    fn serve_listen_delayed(&mut self, delay: Duration) {
         let svc = RegistrationService {
             dir: self.dir.clone(),
             generation: self.generation,
             log: Arc::clone(&self.log),
         };
         let routes = Routes::new(RegistrationServer::new(svc));
-        self.server = Some(ServerThread::start(&self.socket(), routes));
         self.started_at = Instant::now();
+        self.server = Some(ServerThread::start_listen_delayed(
+            &self.socket(),
+            routes,
+            delay,
+        ));
+    }
+
+    /// A restart whose new kubelet.sock exists `delay` before it accepts
+    /// connections (bind, then listen later). `started_at` is the bind.
+    pub fn restart_listen_delayed(&mut self, delay: Duration) {
+        if let Some(mut s) = self.server.take() {
+            s.stop();
+        }
+        self.delete_sockets();
+        self.generation += 1;
+        self.serve_listen_delayed(delay);
     }
 
     pub fn dir(&self) -> &Path {
