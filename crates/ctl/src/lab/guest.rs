@@ -91,25 +91,21 @@ pub struct Ensured {
     pub took: Duration,
 }
 
-/// The cached guest for Debian's current kernel, built when missing.
-/// Concurrent callers wait for one builder (a lock file in the cache).
+/// The cached guest, built from Debian's current kernel when there is
+/// none (any cached kernel will do: asking apt alone costs half a second;
+/// remove the cache directory to rebuild). Concurrent callers wait for one
+/// builder (a lock file in the cache).
 pub fn ensure(cache_dir: &Path) -> Result<Ensured, GuestError> {
     let started = Instant::now();
+    if let Some(image) = newest_cached(cache_dir) {
+        return Ok(Ensured {
+            image,
+            built: false,
+            took: started.elapsed(),
+        });
+    }
     fs::create_dir_all(cache_dir).map_err(io_err(format!("create {}", cache_dir.display())))?;
-    let package = match kernel_package() {
-        Ok(p) => p,
-        // Without apt, a guest cached earlier still does.
-        Err(e) => match newest_cached(cache_dir) {
-            Some(image) => {
-                return Ok(Ensured {
-                    image,
-                    built: false,
-                    took: started.elapsed(),
-                })
-            }
-            None => return Err(e),
-        },
-    };
+    let package = kernel_package()?;
     let dir = cache_dir.join(format!("guest-{package}"));
     if let Some(image) = load(&dir) {
         return Ok(Ensured {

@@ -43,8 +43,10 @@ const PREFIX: u8 = 24;
 const UPLINK: &str = "up0";
 const LAN_IF: &str = "lan0";
 const POD_IF: &str = "net1";
-/// After the guest says it is up, how long ARP and the first reply may take.
-const REPLY_GRACE: Duration = Duration::from_secs(8);
+/// After the guest says it is up, how long ARP and the first reply may
+/// take (the stand-in is up the moment it starts).
+const REPLY_GRACE_VM: Duration = Duration::from_secs(8);
+const REPLY_GRACE_STAND_IN: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -242,7 +244,12 @@ pub fn run(args: &LabArgs, netns_given: bool, json: bool) -> Result<LabReport, L
     let say = Say { json };
     let started = Instant::now();
     let mut made = Made::default();
-    let outcome = drive(args, say, &mut made);
+    let mut outcome = drive(args, say, &mut made);
+    // A Ctrl-C from a terminal also reaches the tools the lab runs, which
+    // then fail first: it is still the signal that ended the lab.
+    if let (Err(_), Some(sig)) = (&outcome, signals::received()) {
+        outcome = Err(LabError::Interrupted(sig));
+    }
     let interrupted = matches!(outcome, Err(LabError::Interrupted(_)));
     if args.keep && !interrupted {
         made.keep();
@@ -676,6 +683,11 @@ fn wait_first_reply(
     guest_mac: MacAddr,
 ) -> Result<(Duration, Option<Duration>), LabError> {
     let deadline = start + Duration::from_secs(args.timeout);
+    let grace = if made.vm.is_some() {
+        REPLY_GRACE_VM
+    } else {
+        REPLY_GRACE_STAND_IN
+    };
     let mut ready_at = None;
     loop {
         check_signal()?;
@@ -699,12 +711,12 @@ fn wait_first_reply(
             return Ok((start.elapsed(), ready_at));
         }
         let gave_up = match ready_at {
-            Some(r) => start.elapsed() > r + REPLY_GRACE,
+            Some(r) => start.elapsed() > r + grace,
             None => Instant::now() > deadline,
         };
         if gave_up {
             return Err(LabError::NoReply(no_reply_story(
-                made, pod, guest_mac, ready_at, start,
+                made, pod, guest_mac, ready_at, grace, start,
             )));
         }
     }
@@ -716,13 +728,14 @@ fn no_reply_story(
     pod: &Scope,
     guest_mac: MacAddr,
     ready_at: Option<Duration>,
+    grace: Duration,
     start: Instant,
 ) -> String {
     let mut story = match ready_at {
         Some(r) => format!(
             "the guest is up ({:.1} s after start) but {GUEST_IP} did not answer ping within {} s",
             r.as_secs_f64(),
-            REPLY_GRACE.as_secs()
+            grace.as_secs()
         ),
         None => format!(
             "no reply from {GUEST_IP} and no sign of the guest after {:.0} s",
