@@ -36,15 +36,24 @@ impl ServerThread {
                 .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         }
         let fd = bind_only(path);
+        let listen = move |fd: &OwnedFd| {
+            // SAFETY: `fd` is a bound unix stream socket we own.
+            let r = unsafe { libc::listen(fd.as_raw_fd(), 128) };
+            assert_eq!(r, 0, "listen: {}", std::io::Error::last_os_error());
+        };
+        if delay.is_zero() {
+            // Right after bind, as Go's net.Listen (the kubelet's) does.
+            listen(&fd);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let name = format!("grpc-{}", path.display());
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                std::thread::sleep(delay);
-                // SAFETY: `fd` is a bound unix stream socket we own.
-                let r = unsafe { libc::listen(fd.as_raw_fd(), 128) };
-                assert_eq!(r, 0, "listen: {}", std::io::Error::last_os_error());
+                if !delay.is_zero() {
+                    std::thread::sleep(delay);
+                    listen(&fd);
+                }
                 let listener = StdUnixListener::from(fd);
                 listener
                     .set_nonblocking(true)
