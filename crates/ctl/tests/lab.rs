@@ -14,13 +14,13 @@ use serde_json::Value;
 /// Asserts that nothing named in the report survived the lab.
 fn assert_gone(report: &Value) {
     for role in ["lan", "node", "pod"] {
-        let name = report["namespaces"][role].as_str().unwrap();
+        let name = report["namespaces"][role].as_str().expect("namespace name");
         assert!(
             !Path::new("/run/netns").join(name).exists(),
             "namespace {name} survived the lab"
         );
     }
-    let dir = report["lab_dir"].as_str().unwrap();
+    let dir = report["lab_dir"].as_str().expect("lab_dir");
     assert!(!Path::new(dir).exists(), "{dir} survived the lab");
     if let Some(pid) = report["guest"]["qemu_pid"].as_u64() {
         assert!(!alive(pid as u32), "QEMU (pid {pid}) survived the lab");

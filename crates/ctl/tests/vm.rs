@@ -28,7 +28,10 @@ fn ping_once(lab: &Lab) -> bool {
 
 /// Run `f` on a thread inside the LAN namespace.
 fn in_lan<T: Send>(lab: &Lab, f: impl FnOnce() -> T + Send) -> T {
-    NetNs::open(lab.lan.path()).unwrap().run(f).unwrap()
+    NetNs::open(lab.lan.path())
+        .expect("open the LAN namespace")
+        .run(f)
+        .expect("a thread in the LAN namespace")
 }
 
 #[test]
