@@ -21,6 +21,17 @@ pub enum Kvm {
     Denied(String),
 }
 
+impl std::fmt::Display for Kvm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kvm::Usable => f.write_str("KVM is usable"),
+            Kvm::NoDevice => f.write_str("no /dev/kvm"),
+            Kvm::NoHardware => f.write_str("the CPU shows no vmx/svm"),
+            Kvm::Denied(e) => write!(f, "/dev/kvm: {e}"),
+        }
+    }
+}
+
 pub fn kvm() -> Kvm {
     let cpu_flags = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let hardware = cpu_flags

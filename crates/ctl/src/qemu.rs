@@ -89,7 +89,7 @@ pub fn plan(
             Kvm::Usable => "kvm",
             other => {
                 notes.push(format!(
-                    "KVM is not usable here ({other:?}): using TCG, which is slow"
+                    "KVM is not usable here ({other}): using TCG, which is slow"
                 ));
                 "tcg"
             }

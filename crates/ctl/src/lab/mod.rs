@@ -786,8 +786,8 @@ fn report_text(r: &LabReport) -> String {
         v.map(|v| format!("{v:.1} {unit}"))
             .unwrap_or_else(|| "-".into())
     };
-    let mut out = String::from("\n== report\n");
-    let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<34} {v}\n"));
+    let mut out = String::from("\n== report");
+    let mut row = |k: &str, v: String| out.push_str(&format!("\n  {k:<34} {v}"));
     row(
         "guest",
         match r.guest.kind {
