@@ -38,8 +38,26 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Create(CreateArgs),
+    /// List the macvtaps in the namespace, with their tap devices.
+    ///
+    /// Examples:
+    ///   macvtapctl list
+    ///   macvtapctl --netns pod1 list --json
+    #[command(verbatim_doc_comment)]
     List,
+    /// Show one macvtap: mode, lower device, MAC, MTU, ifindex, state, the
+    /// tap device number and a device node that is safe to open (if any).
+    ///
+    /// Examples:
+    ///   macvtapctl show mvtap0
+    ///   macvtapctl --netns pod1 show net1 --json
+    #[command(verbatim_doc_comment)]
     Show(NameArg),
+    /// Delete a macvtap (other kinds of links are refused).
+    ///
+    /// Example:
+    ///   macvtapctl delete mvtap0
+    #[command(verbatim_doc_comment)]
     Delete(NameArg),
     Qemu(QemuArgs),
     LibvirtXml(LibvirtArgs),
@@ -106,8 +124,7 @@ pub enum VhostChoice {
     Off,
 }
 
-/// Start QEMU on a macvtap: open its tap device safely, pass the fds, and
-/// give the guest NIC the macvtap's MAC.
+/// Start QEMU on a macvtap, with its tap device opened safely and its MAC.
 ///
 /// The tap device is opened by the device number the kernel reports for
 /// the interface (a private node made and removed again), never by the
@@ -122,7 +139,7 @@ pub enum VhostChoice {
 ///   macvtapctl qemu --interface mvtap0 -- -m 1G -drive file=disk.qcow2,if=virtio
 ///   macvtapctl qemu --interface mvtap0 --queues 4 -- -smp 4 -m 2G -cdrom debian.iso
 ///   macvtapctl --netns pod1 qemu --interface net1 --dry-run -- -m 512
-///   macvtapctl qemu --interface mvtap0 -- $(macvtapctl guest --serial stdio)   # the lab's tiny guest
+///   eval "macvtapctl qemu --interface mvtap0 -- $(macvtapctl guest --serial stdio)"  # the lab's guest
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct QemuArgs {
@@ -183,8 +200,9 @@ pub struct LibvirtArgs {
     pub queues: Option<u32>,
 }
 
-/// Check a host (and a macvtap) for the classic failures and say how to
-/// fix each: /dev not mounted or the tap node missing (QEMU: "TUNGETIFF
+/// Find the classic macvtap failures and say how to fix each.
+///
+/// Checks: /dev not mounted or the tap node missing (QEMU: "TUNGETIFF
 /// ioctl() failed: Inappropriate ioctl for device"), KVM missing, disabled
 /// or denied, a guest MAC that differs from the macvtap's (silent 100%
 /// loss), the guest using an IP the pod already has, the host unable to
@@ -224,9 +242,10 @@ pub enum VmChoice {
     Never,
 }
 
+/// Boot a VM on a CNI-made macvtap in private namespaces and reach it.
+///
 /// The whole story, end to end, in network namespaces the lab makes and
 /// removes: a LAN, a node with the uplink veth `up0`, and an empty pod.
-///
 /// It runs the `macvtap` CNI plugin (found next to macvtapctl) exactly as
 /// Multus would, so the pod gets the macvtap `net1` with the MAC from
 /// CNI_ARGS; boots a small Debian guest with QEMU on it (built once from
@@ -274,13 +293,15 @@ pub struct LabArgs {
 /// Where `lab` and `guest` cache the guest kernel and initramfs.
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/macvtapctl";
 
-/// Print the QEMU arguments that boot the lab's guest: a Debian kernel and
-/// a busybox initramfs (built from Debian packages on first use, cached)
-/// that configures --ip on its virtio NIC and answers ping, TCP echo on
-/// port 7 and HTTP on port 80. Needs `apt-get download`, busybox-static and xz.
+/// Print the QEMU arguments that boot the lab's small guest.
+///
+/// A Debian kernel and a busybox initramfs (built from Debian packages on
+/// first use, cached) that configures --ip on its virtio NIC and answers
+/// ping, TCP echo on port 7 and HTTP on port 80. Needs `apt-get download`,
+/// busybox-static and xz. The words are shell-quoted: use eval.
 ///
 /// Examples:
-///   macvtapctl qemu --interface mvtap0 -- $(macvtapctl guest --ip 192.0.2.10/24 --serial stdio)
+///   eval "macvtapctl qemu --interface mvtap0 -- $(macvtapctl guest --ip 192.0.2.10/24 --serial stdio)"
 ///   macvtapctl guest --json
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
