@@ -59,26 +59,20 @@ pub fn open_queues(scope: &Scope, link: &Link, queues: u32) -> Result<TapQueues,
             name: link.name.clone(),
             source,
         })?;
-    let dir = PrivateDir::new().map_err(TapError::Node)?;
-    let node = dir.path().join("tap");
-    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    make_device_node(&node, dev, uid, gid).map_err(TapError::NodeKernel)?;
+    // A temp dir on a `nodev` mount (a hardened /tmp) can hold the node but
+    // not open it: then try /dev, which always allows device nodes.
     let mut fds = Vec::new();
-    for queue in 0..queues {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&node)
-            .map_err(|source| TapError::Open {
-                name: link.name.clone(),
-                dev,
-                queue,
-                source,
-            })?;
-        fds.push(OwnedFd::from(file));
+    for base in [std::env::temp_dir(), PathBuf::from("/dev")] {
+        match open_through_private_node(&base, dev, &link.name, queues) {
+            Ok(opened) => {
+                fds = opened;
+                break;
+            }
+            Err(TapError::Open { ref source, .. })
+                if source.raw_os_error() == Some(libc::EACCES) && base != Path::new("/dev") => {}
+            Err(e) => return Err(e),
+        }
     }
-    drop(dir);
     // Belt and braces: the kernel itself says which interface this is.
     if let Some(first) = fds.first() {
         let got = tap_interface_name(first).map_err(|source| TapError::GetIff {
@@ -93,6 +87,36 @@ pub fn open_queues(scope: &Scope, link: &Link, queues: u32) -> Result<TapQueues,
         }
     }
     Ok(TapQueues { fds })
+}
+
+/// Make a node for `dev` in a fresh private directory under `base`, open
+/// it `queues` times, and remove node and directory.
+fn open_through_private_node(
+    base: &Path,
+    dev: DeviceNumber,
+    name: &str,
+    queues: u32,
+) -> Result<Vec<OwnedFd>, TapError> {
+    let dir = PrivateDir::new(base).map_err(TapError::Node)?;
+    let node = dir.path().join("tap");
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    make_device_node(&node, dev, uid, gid).map_err(TapError::NodeKernel)?;
+    (0..queues)
+        .map(|queue| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&node)
+                .map(OwnedFd::from)
+                .map_err(|source| TapError::Open {
+                    name: name.to_string(),
+                    dev,
+                    queue,
+                    source,
+                })
+        })
+        .collect()
 }
 
 /// The interface name behind an open tap fd (`TUNGETIFF`).
@@ -116,9 +140,9 @@ pub fn tap_interface_name(fd: &impl AsRawFd) -> io::Result<String> {
 struct PrivateDir(PathBuf);
 
 impl PrivateDir {
-    fn new() -> io::Result<PrivateDir> {
-        let base = std::env::temp_dir().join("macvtapctl-XXXXXX");
-        let path = nix::unistd::mkdtemp(&base).map_err(io::Error::from)?;
+    fn new(base: &Path) -> io::Result<PrivateDir> {
+        let path =
+            nix::unistd::mkdtemp(&base.join("macvtapctl-XXXXXX")).map_err(io::Error::from)?;
         Ok(PrivateDir(path))
     }
 

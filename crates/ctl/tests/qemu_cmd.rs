@@ -279,3 +279,32 @@ fn refuses_what_is_not_a_macvtap() {
     .to_string();
     assert!(err.contains("apt-get install qemu-system-x86"), "{err}");
 }
+
+#[test]
+fn a_temp_dir_on_a_nodev_mount_falls_back_to_dev() {
+    let ns = Netns::new(&unique_name("qemu-nodev"));
+    let dir = TempDir::new("qemu-nodev");
+    veth_pair(&ns, "up0", "up1");
+    run_in(&ns, &["create", "--lower", "up0", "--name", "mv0"]).ok();
+    let device = run_in(&ns, &["show", "mv0", "--json"]).json()["device"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let qemu = fake_qemu(dir.path());
+    let nodev = dir.subdir("nodev");
+    // A private mount namespace where TMPDIR is a nodev tmpfs (like a
+    // hardened /tmp): nodes can be made there but not opened.
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o nodev none \"$TMPDIR\" && exec \"$0\" \"$@\"")
+        .arg(common::ctl_path())
+        .args(["--netns", ns.name(), "qemu", "--interface", "mv0", "--qemu"])
+        .arg(&qemu)
+        .env("TMPDIR", &nodev)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (args, fds) = seen(dir.path());
+    let fd = &netdev_fds(&args)[0];
+    assert!(fds[fd].starts_with(&format!("{device} ")), "{fds:?}");
+}
