@@ -5,35 +5,15 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{finding, run_in, unique_ifindex, veth_pair, ChildGuard};
-use macvtap_testkit::{unique_name, Netns, TempDir};
+use common::{finding, run_in, ChildGuard};
+use macvtap_testkit::{Netns, TempDir};
 use serde_json::Value;
 
 const MAC: &str = "02:00:0a:c9:03:0a";
 const WRONG_MAC: &str = "02:00:0a:c9:03:99";
 
-/// A namespace with up0 (peer up1, both up) carrying macvtap mv0 at an
-/// ifindex of its own, so /dev/tap<ifindex> is ours.
 fn world(tag: &str) -> Netns {
-    let ns = Netns::new(&unique_name(tag));
-    veth_pair(&ns, "up0", "up1");
-    let index = unique_ifindex().to_string();
-    run_in(
-        &ns,
-        &[
-            "create",
-            "--lower",
-            "up0",
-            "--name",
-            "mv0",
-            "--mac",
-            MAC,
-            "--ifindex",
-            &index,
-        ],
-    )
-    .ok();
-    ns
+    common::macvtap_world(tag, Some(MAC))
 }
 
 fn doctor(ns: &Netns, extra: &[&str]) -> (Option<i32>, Value) {
@@ -148,25 +128,8 @@ fn the_host_cannot_reach_bridge_mode_guests_until_a_shim_exists() {
 
 #[test]
 fn a_tap_name_owned_by_another_namespace_is_caught() {
-    let first = Netns::new(&unique_name("doc-tap-a"));
-    let second = Netns::new(&unique_name("doc-tap-b"));
-    let index = unique_ifindex().to_string();
-    for ns in [&first, &second] {
-        veth_pair(ns, "up0", "up1");
-        run_in(
-            ns,
-            &[
-                "create",
-                "--lower",
-                "up0",
-                "--name",
-                "mv0",
-                "--ifindex",
-                &index,
-            ],
-        )
-        .ok();
-    }
+    // Two macvtaps with one ifindex: the first got /dev/tap<ifindex>.
+    let (first, second) = common::same_ifindex_pair("doc-tap");
     let (code, report) = doctor(&first, &[]);
     assert_eq!(code, Some(0), "{report:#}");
     let (code, report) = doctor(&second, &[]);
@@ -181,8 +144,7 @@ fn a_tap_name_owned_by_another_namespace_is_caught() {
     );
     let shown = run_in(&second, &["show", "mv0", "--json"]).json();
     assert_eq!(shown["device_node"], Value::Null, "{shown:#}");
-    let first_dev = run_in(&first, &["show", "mv0", "--json"]).json()["device"].clone();
-    assert_ne!(shown["device"], first_dev);
+    assert_ne!(shown["device"], common::device_of(&first, "mv0").as_str());
 }
 
 #[test]
@@ -229,8 +191,8 @@ fn a_dev_without_tap_nodes_is_explained_with_qemus_error() {
 fn the_guest_mac_is_read_from_the_process_that_holds_the_tap() {
     let ns = world("doc-holder");
     let dir = TempDir::new("doc-holder");
-    let shown = run_in(&ns, &["show", "mv0", "--json"]).json();
-    let (major, minor) = shown["device"].as_str().unwrap().split_once(':').unwrap();
+    let device = common::device_of(&ns, "mv0");
+    let (major, minor) = device.split_once(':').unwrap();
     let node = dir.path().join("tap");
     let made = Command::new("mknod")
         .arg(&node)

@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{run_in, unique_ifindex, veth_pair};
+use common::{run_in, veth_pair};
 use macvtap_testkit::{unique_name, Netns, TempDir};
 
 const MAC: &str = "02:00:0a:c9:05:0a";
@@ -77,29 +77,9 @@ fn netdev_fds(args: &[String]) -> Vec<String> {
 
 #[test]
 fn hands_qemu_the_tap_device_once_per_queue_with_the_macvtap_mac() {
-    let ns = Netns::new(&unique_name("qemu-fds"));
+    let ns = common::macvtap_world("qemu-fds", Some(MAC));
     let dir = TempDir::new("qemu-fds");
-    veth_pair(&ns, "up0", "up1");
-    let index = unique_ifindex().to_string();
-    run_in(
-        &ns,
-        &[
-            "create",
-            "--lower",
-            "up0",
-            "--name",
-            "mv0",
-            "--mac",
-            MAC,
-            "--ifindex",
-            &index,
-        ],
-    )
-    .ok();
-    let device = run_in(&ns, &["show", "mv0", "--json"]).json()["device"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let device = common::device_of(&ns, "mv0");
     let qemu = fake_qemu(dir.path());
     let vhost_possible = Path::new("/dev/vhost-net").exists();
 
@@ -194,34 +174,11 @@ fn hands_qemu_the_tap_device_once_per_queue_with_the_macvtap_mac() {
 
 #[test]
 fn opens_its_own_device_even_when_the_tap_name_is_anothers() {
-    let first = Netns::new(&unique_name("qemu-name-a"));
-    let second = Netns::new(&unique_name("qemu-name-b"));
+    // Two macvtaps with one ifindex: the first got /dev/tap<ifindex>.
+    let (first, second) = common::same_ifindex_pair("qemu-name");
     let dir = TempDir::new("qemu-name");
-    let index = unique_ifindex().to_string();
-    for ns in [&first, &second] {
-        veth_pair(ns, "up0", "up1");
-        run_in(
-            ns,
-            &[
-                "create",
-                "--lower",
-                "up0",
-                "--name",
-                "mv0",
-                "--ifindex",
-                &index,
-            ],
-        )
-        .ok();
-    }
-    let ours = run_in(&second, &["show", "mv0", "--json"]).json()["device"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let theirs = run_in(&first, &["show", "mv0", "--json"]).json()["device"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ours = common::device_of(&second, "mv0");
+    let theirs = common::device_of(&first, "mv0");
     assert_ne!(ours, theirs);
     let qemu = fake_qemu(dir.path());
     // A TMPDIR of our own shows that the private node went away.
@@ -282,14 +239,9 @@ fn refuses_what_is_not_a_macvtap() {
 
 #[test]
 fn a_temp_dir_on_a_nodev_mount_falls_back_to_dev() {
-    let ns = Netns::new(&unique_name("qemu-nodev"));
+    let ns = common::macvtap_world("qemu-nodev", None);
     let dir = TempDir::new("qemu-nodev");
-    veth_pair(&ns, "up0", "up1");
-    run_in(&ns, &["create", "--lower", "up0", "--name", "mv0"]).ok();
-    let device = run_in(&ns, &["show", "mv0", "--json"]).json()["device"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let device = common::device_of(&ns, "mv0");
     let qemu = fake_qemu(dir.path());
     let nodev = dir.subdir("nodev");
     // A private mount namespace where TMPDIR is a nodev tmpfs (like a

@@ -49,6 +49,8 @@ pub enum GuestError {
     NoKernelPackage(String),
     #[error("{program} failed: {detail}")]
     Tool { program: String, detail: String },
+    #[error("cannot download the kernel package: {0}")]
+    Download(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -105,38 +107,48 @@ pub fn ensure(cache_dir: &Path) -> Result<Ensured, GuestError> {
         });
     }
     fs::create_dir_all(cache_dir).map_err(io_err(format!("create {}", cache_dir.display())))?;
-    let package = kernel_package()?;
-    let dir = cache_dir.join(format!("guest-{package}"));
-    if let Some(image) = load(&dir) {
-        return Ok(Ensured {
-            image,
-            built: false,
-            took: started.elapsed(),
-        });
-    }
     let lock_path = cache_dir.join(".lock");
     let lock_file =
         File::create(&lock_path).map_err(io_err(format!("create {}", lock_path.display())))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| io_err(format!("lock {}", lock_path.display()))(e.into()))?;
-    // Someone else may have built it while we waited for the lock.
-    if let Some(image) = load(&dir) {
+    // Someone else may have built one while we waited for the lock.
+    if let Some(image) = newest_cached(cache_dir) {
         return Ok(Ensured {
             image,
             built: false,
             took: started.elapsed(),
         });
     }
-    let work = cache_dir.join(format!(".build-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).map_err(io_err(format!("create {}", work.display())))?;
-    let built = build(&package, &work, &dir);
-    let _ = fs::remove_dir_all(&work);
+    let image = match build_current(cache_dir) {
+        // Package lists older than the mirror name a kernel it no longer
+        // has: refresh them once and ask again.
+        Err(GuestError::Download(_)) => {
+            tool(
+                Command::new("apt-get")
+                    .args(["update", "-qq"])
+                    .stdin(Stdio::null()),
+            )?;
+            build_current(cache_dir)?
+        }
+        other => other?,
+    };
     Ok(Ensured {
-        image: built?,
+        image,
         built: true,
         took: started.elapsed(),
     })
+}
+
+/// Build the guest from the kernel package apt names now.
+fn build_current(cache_dir: &Path) -> Result<GuestImage, GuestError> {
+    let package = kernel_package()?;
+    let work = cache_dir.join(format!(".build-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(io_err(format!("create {}", work.display())))?;
+    let built = build(&package, &work, &cache_dir.join(format!("guest-{package}")));
+    let _ = fs::remove_dir_all(&work);
+    built
 }
 
 fn load(dir: &Path) -> Option<GuestImage> {
@@ -234,7 +246,8 @@ fn build(package: &str, work: &Path, dest: &Path) -> Result<GuestImage, GuestErr
             .args(["download", "-qq", "-o", "APT::Sandbox::User=root", package])
             .stdin(Stdio::null())
             .current_dir(work),
-    )?;
+    )
+    .map_err(|e| GuestError::Download(e.to_string()))?;
     let deb = fs::read_dir(work)
         .map_err(io_err(format!("read {}", work.display())))?
         .flatten()

@@ -175,3 +175,60 @@ pub fn alive(pid: u32) -> bool {
             .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
     })
 }
+
+/// A namespace with up0 (peer up1, both up) carrying the macvtap `mv0`
+/// (with `mac` if given) at an ifindex no other test uses, so
+/// /dev/tap<ifindex> is its own.
+pub fn macvtap_world(tag: &str, mac: Option<&str>) -> Netns {
+    let ns = Netns::new(&macvtap_testkit::unique_name(tag));
+    veth_pair(&ns, "up0", "up1");
+    let index = unique_ifindex().to_string();
+    let mut args = vec![
+        "create",
+        "--lower",
+        "up0",
+        "--name",
+        "mv0",
+        "--ifindex",
+        &index,
+    ];
+    if let Some(mac) = mac {
+        args.extend(["--mac", mac]);
+    }
+    run_in(&ns, &args).ok();
+    ns
+}
+
+/// `MAJOR:MINOR` of a macvtap's tap device, as `show` reports it.
+pub fn device_of(ns: &Netns, name: &str) -> String {
+    run_in(ns, &["show", name, "--json"]).json()["device"]
+        .as_str()
+        .expect("show reports the device number")
+        .to_string()
+}
+
+/// Two namespaces, each with up0 carrying `mv0` at the same ifindex: the
+/// first one made owns /dev/tap<ifindex>.
+pub fn same_ifindex_pair(tag: &str) -> (Netns, Netns) {
+    let index = unique_ifindex().to_string();
+    let make = |role: &str| {
+        let ns = Netns::new(&macvtap_testkit::unique_name(&format!("{tag}-{role}")));
+        veth_pair(&ns, "up0", "up1");
+        run_in(
+            &ns,
+            &[
+                "create",
+                "--lower",
+                "up0",
+                "--name",
+                "mv0",
+                "--ifindex",
+                &index,
+            ],
+        )
+        .ok();
+        ns
+    };
+    let first = make("a");
+    (first, make("b"))
+}
