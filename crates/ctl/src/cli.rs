@@ -89,6 +89,7 @@ pub struct CreateArgs {
     /// Name of the new macvtap (at most 15 characters).
     #[arg(long)]
     pub name: String,
+    /// bridge, vepa, private, passthru or source.
     #[arg(long, value_parser = parse_mode, default_value = "bridge", value_name = "MODE")]
     pub mode: MacvtapMode,
     /// The macvtap's MAC; the guest must use the same one. Default: random

@@ -46,7 +46,10 @@ impl Vm {
     pub fn tails(&self) -> String {
         let tail = |p: &Path| {
             let text = fs::read_to_string(p).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() {
+                return "(empty)".to_string();
+            }
             lines[lines.len().saturating_sub(15)..].join("\n    ")
         };
         format!(
