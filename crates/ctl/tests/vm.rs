@@ -39,8 +39,11 @@ fn a_vm_on_a_cni_made_macvtap_answers_the_lan_and_a_wrong_mac_is_explained() {
     let lab = Lab::new("vm", cni_plugin());
     lab.lan.ip_cmd("addr add 10.201.7.1/24 dev lan0");
     // ARP retries every 100 ms, so the first reply shows when the guest is up.
-    lab.lan
-        .exec(&["sysctl", "-qw", "net.ipv4.neigh.lan0.retrans_time_ms=100"]);
+    lab.lan.exec(&[
+        "sh",
+        "-c",
+        "echo 100 > /proc/sys/net/ipv4/neigh/lan0/retrans_time_ms",
+    ]);
 
     let config = lab.config("1.0.0");
     lab.plugin("ADD", &config)
