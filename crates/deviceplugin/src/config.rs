@@ -114,6 +114,43 @@ struct RawResource {
     attach: Option<String>,
 }
 
+/// Check one resource's keys and their types, so that an error names the
+/// resource and the key (serde alone would say "expected i64" and no more).
+fn typed_resource(i: usize, value: serde_json::Value) -> Result<RawResource, ConfigError> {
+    let label = value
+        .get("name")
+        .and_then(|n| n.as_str())
+        .filter(|n| !n.is_empty())
+        .map_or_else(|| format!("#{i}"), str::to_string);
+    let bad = |why: String| ConfigError::Resource {
+        name: label.clone(),
+        why,
+    };
+    let Some(object) = value.as_object() else {
+        return Err(bad(format!(
+            "must be an object like {{\"name\": ..., \"lowerDevice\": ...}}, not {value}"
+        )));
+    };
+    for (key, v) in object {
+        let ok = match key.as_str() {
+            "name" | "lowerDevice" | "master" | "mode" | "attach" => v.is_string(),
+            "capacity" => v.is_i64() || v.is_u64(),
+            _ => return Err(bad(format!(
+                "unknown field {key:?} (known: name, lowerDevice, master, mode, capacity, attach)"
+            ))),
+        };
+        if !ok {
+            let want = if key == "capacity" {
+                "an integer"
+            } else {
+                "a string"
+            };
+            return Err(bad(format!("{key} must be {want}, not {v}")));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+}
+
 /// The default discovery kinds: what an operator would put VMs on.
 pub fn default_kinds() -> BTreeSet<LinkKind> {
     [
@@ -155,7 +192,7 @@ impl Config {
     /// Parse the two variables' values.
     pub fn parse(conf: Option<&str>, kinds: Option<&str>) -> Result<Config, ConfigError> {
         let conf = conf.ok_or(ConfigError::Unset)?;
-        let raw: Vec<RawResource> =
+        let values: Vec<serde_json::Value> =
             serde_json::from_str(conf).map_err(|e| ConfigError::Syntax {
                 msg: e
                     .to_string()
@@ -166,6 +203,11 @@ impl Config {
                 line: e.line(),
                 column: e.column(),
             })?;
+        let raw = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| typed_resource(i, v))
+            .collect::<Result<Vec<RawResource>, ConfigError>>()?;
         if raw.is_empty() {
             let kinds = match kinds {
                 Some(k) if !k.trim().is_empty() => parse_kinds(k)?,

@@ -61,6 +61,9 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const LAST_RETRY: Duration = Duration::from_secs(2);
+
 struct Daemon {
     paths: Paths,
     state: StateDir,
@@ -69,6 +72,9 @@ struct Daemon {
     served: BTreeMap<String, Served>,
     /// Resources whose registration failed, retried until it works.
     unregistered: BTreeSet<String>,
+    /// The wait before the next retry: short at first (a new kubelet.sock
+    /// may refuse connections for a moment), growing to 2 s.
+    retry_delay: Duration,
     shared: metrics::Shared,
     discover: Option<BTreeSet<LinkKind>>,
 }
@@ -163,6 +169,8 @@ impl Daemon {
     /// Register every served resource not registered yet.
     async fn register_pending(&mut self) {
         if !self.paths.device_plugin_dir.join(KUBELET_SOCKET).exists() {
+            // Its creation (inotify) triggers the next attempt.
+            self.retry_delay = LAST_RETRY;
             return;
         }
         let pending: Vec<String> = self.unregistered.iter().cloned().collect();
@@ -179,10 +187,16 @@ impl Daemon {
                 Err(e) => tracing::warn!(resource = %resource.resource_name(), "{e}"),
             }
         }
+        self.retry_delay = if self.unregistered.is_empty() {
+            FIRST_RETRY
+        } else {
+            (self.retry_delay * 2).min(LAST_RETRY)
+        };
     }
 
     /// The kubelet restarted: it deleted our sockets. Serve and register again.
     async fn kubelet_restarted(&mut self) -> Result<(), DaemonError> {
+        self.retry_delay = FIRST_RETRY;
         let all: Vec<Arc<Resource>> = self.resources.values().cloned().collect();
         for (_, served) in std::mem::take(&mut self.served) {
             served.stop();
@@ -228,6 +242,7 @@ pub async fn run(config: Config, paths: Paths) -> Result<(), DaemonError> {
         resources: BTreeMap::new(),
         served: BTreeMap::new(),
         unregistered: BTreeSet::new(),
+        retry_delay: FIRST_RETRY,
         shared: Arc::new(RwLock::new(Vec::new())),
         discover,
     };
@@ -257,7 +272,6 @@ pub async fn run(config: Config, paths: Paths) -> Result<(), DaemonError> {
         tokio::spawn(metrics::serve(listener, daemon.shared.clone()));
     }
 
-    let mut retry = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -293,7 +307,9 @@ pub async fn run(config: Config, paths: Paths) -> Result<(), DaemonError> {
                     }
                 }
             },
-            _ = retry.tick(), if !daemon.unregistered.is_empty() => daemon.register_pending().await,
+            _ = tokio::time::sleep(daemon.retry_delay), if !daemon.unregistered.is_empty() => {
+                daemon.register_pending().await
+            }
         }
     }
     daemon.stop();
