@@ -248,6 +248,36 @@ impl Config {
     }
 }
 
+/// Everything the plugin derives from untrusted input before it touches
+/// the system: the configuration bytes, CNI_ARGS, CNI_IFNAME and
+/// CNI_CONTAINERID, and a result a previous plugin or IPAM plugin printed.
+/// Never panics; the fuzz targets and their corpus replay call this.
+pub fn parse_untrusted(
+    config: &[u8],
+    args: &str,
+    ifname: &str,
+    container_id: &str,
+) -> Result<Config> {
+    let env = Env {
+        args: args.to_string(),
+        ifname: ifname.to_string(),
+        container_id: container_id.to_string(),
+        ..Env::default()
+    };
+    env.require_ifname()?;
+    env.require_container_id()?;
+    let (value, _) = peek_version(config)?;
+    let cfg = Config::parse(value, &env)?;
+    if let Some(prev) = &cfg.prev_result {
+        let result = crate::spec::CniResult::parse(prev)?;
+        // Render it in every version: the output path must hold up too.
+        for v in [Version::V030, Version::V040, Version::V100, Version::V110] {
+            let _ = result.to_json(v);
+        }
+    }
+    Ok(cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
