@@ -182,7 +182,7 @@ impl Netlink {
 
     /// Send one request and collect the answers until its ACK (or DONE for
     /// dumps). A kernel error becomes `Err` with the errno.
-    fn request(
+    pub(crate) fn request(
         &mut self,
         op: &dyn Fn() -> String,
         msg: RouteNetlinkMessage,
