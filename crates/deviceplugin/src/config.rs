@@ -135,9 +135,11 @@ fn typed_resource(i: usize, value: serde_json::Value) -> Result<RawResource, Con
         let ok = match key.as_str() {
             "name" | "lowerDevice" | "master" | "mode" | "attach" => v.is_string(),
             "capacity" => v.is_i64() || v.is_u64(),
-            _ => return Err(bad(format!(
+            _ => {
+                return Err(bad(format!(
                 "unknown field {key:?} (known: name, lowerDevice, master, mode, capacity, attach)"
-            ))),
+            )))
+            }
         };
         if !ok {
             let want = if key == "capacity" {
