@@ -31,6 +31,12 @@ impl NsPath {
         c
     }
 
+    /// `ip ARGS` inside the namespace (e.g. to flush its neighbours);
+    /// panics when it fails.
+    pub fn ip_ok(&self, args: &[&str]) -> String {
+        run_ok(self.nsenter().arg("ip").args(args))
+    }
+
     /// `ip -j ARGS` inside the namespace, parsed (an empty answer is `[]`).
     pub fn ip_json(&self, args: &[&str]) -> Value {
         let text = run_ok(self.nsenter().arg("ip").arg("-j").args(args));
