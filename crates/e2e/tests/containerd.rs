@@ -46,6 +46,11 @@ async fn containerd_pod_gets_the_allocated_macvtap_and_its_device_and_removal_le
     ]);
     let bins = binaries();
     let world = common::World::new("e2e-containerd");
+    assert_eq!(
+        common::cni_binary(),
+        bins.cni,
+        "the world runs another plugin binary"
+    );
     let lab = &world.lab;
     lab.lan
         .ip_ok(&["addr", "add", &format!("{SUBNET}.1/24"), "dev", "lan0"]);
