@@ -19,6 +19,7 @@ const RESOURCE: &str = "dataplane";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multus_delegation_of_the_seed_nad_attaches_the_allocated_device_and_del_removes_it() {
+    require_tools(&["nsenter", "ip", "/usr/lib/cni/host-local"]);
     let bins = binaries();
     let world = common::World::new("e2e-multus");
     assert_eq!(

@@ -59,7 +59,8 @@ struct Attached {
 
 #[test]
 fn podman_run_gets_a_macvtap_with_its_mac_and_address_and_rm_leaves_nothing() {
-    require_tools(&["podman", "runc", "nsenter", "ip", "ping", "tar"]);
+    require_tools(&COMMON_TOOLS);
+    require_tools(&["podman", "runc"]);
     let bins = binaries();
     let lab = Lab::new("e2e-podman", &bins.cni);
     lab.lan

@@ -112,8 +112,11 @@ fn cargo_build(profile_dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Whether `tool` is an executable on PATH.
+/// Whether `tool` is an executable on PATH (or, given as a path, exists).
 fn on_path(tool: &str) -> bool {
+    if tool.contains('/') {
+        return Path::new(tool).exists();
+    }
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')
@@ -125,7 +128,21 @@ fn on_path(tool: &str) -> bool {
     found
 }
 
-/// Makes sure every tool is installed: runs `scripts/install-runtimes` once
+/// What every runtime test needs besides the runtime itself.
+pub const COMMON_TOOLS: [&str; 9] = [
+    "nsenter",
+    "unshare",
+    "ip",
+    "ping",
+    "tar",
+    "sha256sum",
+    "/bin/busybox",
+    "/usr/lib/cni/host-local",
+    "/usr/lib/cni/loopback",
+];
+
+/// Makes sure every tool (a command, or a file given by path) is
+/// installed: runs `scripts/install-runtimes` once
 /// when one is missing, and fails (never skips) when that does not help.
 pub fn require_tools(tools: &[&str]) {
     require_root();
