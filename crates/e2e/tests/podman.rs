@@ -1,7 +1,7 @@
 //! podman 4.3 with the CNI backend and a `type: macvtap` network
 //! (standalone `master`, host-local IPAM): `podman run --mac-address`
-//! gets a macvtap with that MAC and an address on the LAN, the LAN reaches
-//! it, and `podman rm` leaves nothing behind.
+//! gets a macvtap with that MAC and an address on the LAN (`--ip` a static
+//! one), the LAN reaches it, and `podman rm` leaves nothing behind.
 //!
 //! What "reachable" means for a macvtap, as the kernel really does it
 //! (drivers/net/tap.c): while no process has the tap device open, the
@@ -80,20 +80,17 @@ fn podman_run_gets_a_macvtap_with_its_mac_and_address_and_rm_leaves_nothing() {
     for i in 0..3u8 {
         let name = format!("{}-c{i}", lab.prefix);
         let mac = format!("02:00:0a:ca:01:{:02x}", 0x20 + i);
+        // The last one also asks for a static address (podman passes it,
+        // like the MAC, only as CNI_ARGS: IP=...).
+        let static_ip = (i == 2).then(|| format!("{SUBNET}.40"));
+        let mut args = vec!["run", "-d", "--name", &name, "--network", net];
+        args.extend(["--mac-address", &mac]);
+        if let Some(ip) = &static_ip {
+            args.extend(["--ip", ip.as_str()]);
+        }
+        args.extend([IMAGE, "sleep", "600"]);
         let t = Instant::now();
-        podman.ok(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            net,
-            "--mac-address",
-            &mac,
-            IMAGE,
-            "sleep",
-            "600",
-        ]);
+        podman.ok(&args);
         let run_time = t.elapsed();
         let info = podman.inspect(&name);
         let id = info["Id"].as_str().expect("inspect has an Id").to_string();
@@ -119,6 +116,9 @@ fn podman_run_gets_a_macvtap_with_its_mac_and_address_and_rm_leaves_nothing() {
             ip.starts_with(&format!("{SUBNET}.")),
             "podman reports no address from host-local: {netinfo}"
         );
+        if let Some(want) = &static_ip {
+            assert_eq!(&ip, want, "--ip was not honoured: {netinfo}");
+        }
         let sandbox = info["NetworkSettings"]["SandboxKey"]
             .as_str()
             .expect("inspect has a SandboxKey");
