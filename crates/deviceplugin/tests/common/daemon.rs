@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 /// The binary under test.
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_macvtap-deviceplugin");
 
+/// The binary to run: `MACVTAP_DP_BIN` (the footprint benchmark measures
+/// the static release build with it), else [`DAEMON`].
+pub fn daemon_binary() -> String {
+    std::env::var("MACVTAP_DP_BIN").unwrap_or_else(|_| DAEMON.to_string())
+}
+
 /// How the daemon is started. Every flag is explicit so no default path of
 /// the real node (`/var/lib/kubelet`, `/var/lib/macvtap`) is ever touched.
 #[derive(Debug, Clone)]
@@ -83,7 +89,8 @@ impl DaemonCmd {
         let ns = File::open(&self.netns)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.netns.display()));
         let ns_fd = ns.as_raw_fd();
-        let mut cmd = Command::new(DAEMON);
+        let binary = daemon_binary();
+        let mut cmd = Command::new(&binary);
         cmd.args(self.args())
             .env_clear()
             .env(
@@ -113,7 +120,7 @@ impl DaemonCmd {
         let started = Instant::now();
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {DAEMON}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
         drop(ns);
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -130,7 +137,7 @@ impl DaemonCmd {
             stderr,
             readers,
             describe: format!(
-                "DP_MACVTAP_CONF={:?} {:?} {DAEMON} {}",
+                "DP_MACVTAP_CONF={:?} {:?} {binary} {}",
                 self.conf,
                 self.env,
                 self.args().join(" ")

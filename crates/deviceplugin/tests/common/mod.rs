@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use daemon::{status_text, Daemon, DaemonCmd, DAEMON};
+pub use daemon::{daemon_binary, status_text, Daemon, DaemonCmd, DAEMON};
 pub use kubelet::{
     all, client, connect, describe, ids, sockets_in, DeviceWatch, Kubelet, Registered, Update,
     HEALTHY, KUBELET_SOCKET, UNHEALTHY,
