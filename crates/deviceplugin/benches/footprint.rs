@@ -6,7 +6,6 @@
 //! `cargo bench -p macvtap-deviceplugin --bench footprint` (`MACVTAP_DP_BIN`
 //! picks the binary: `scripts/bench` passes the static release build).
 
-#[allow(dead_code, unused_imports)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
