@@ -273,9 +273,11 @@ fn check_reachability(lab: &Lab, podman: &Podman, c: &Attached) {
         "with a reader on the tap device the container's stack still answered:\n{out}"
     );
     let seen = reader.seen();
+    // Echo requests, or ARP probes first if the LAN's entry had aged.
     assert!(
-        seen.echo_requests >= 1,
-        "the LAN's echo requests did not reach the tap reader: {seen:?}"
+        seen.echo_requests + seen.arp_requests >= 1,
+        "the LAN's frames for {} did not reach the tap reader: {seen:?}",
+        c.ip
     );
 
     reader.set_answering(true);
