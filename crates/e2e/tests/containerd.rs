@@ -135,6 +135,7 @@ async fn containerd_pod_gets_the_allocated_macvtap_and_its_device_and_removal_le
         hostname: "vm-dataplane".into(),
         log_directory: logs.display().to_string(),
         linux: Some(v1::LinuxPodSandboxConfig {
+            cgroup_parent: ctd.cgroup_parent(),
             security_context: Some(v1::LinuxSandboxSecurityContext {
                 namespace_options: Some(pod_namespaces()),
                 ..Default::default()

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::cri::{self, v1, Cri};
-use super::procs::{kill_mentioning, unmount_under};
+use super::procs::{kill_mentioning, remove_cgroup, unmount_under};
 use super::{run, run_ok, TempDir};
 
 /// The CRI namespace of containerd (what `ctr -n` must use).
@@ -133,6 +133,19 @@ state = "{state}"
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A cgroup parent unique to this instance, for the pods' sandbox
+    /// configs (as the kubelet sets `/kubepods/...`): every pod and
+    /// container cgroup goes below it, and drop removes it.
+    pub fn cgroup_parent(&self) -> String {
+        let name = self
+            .dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "macvtap-e2e".into());
+        format!("/{name}")
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -255,5 +268,6 @@ impl Drop for Containerd {
         if !left.is_empty() {
             eprintln!("containerd guard: unmounted {left:?}");
         }
+        remove_cgroup(&self.cgroup_parent());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// PIDs of processes whose command line mentions `needle` (a path unique to
@@ -107,4 +107,49 @@ pub fn unmount_under(dir: &Path) -> Vec<String> {
         }
     }
     mounts
+}
+
+/// Removes the cgroup `name` (a path relative to each hierarchy's root,
+/// unique to one test) and its empty children from every mounted
+/// hierarchy (cgroup v1 controllers, the unified one, or a pure v2 root).
+/// Cgroups still holding processes stay. Returns what it removed.
+pub fn remove_cgroup(name: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut bases = vec![root.to_path_buf()];
+    if let Ok(entries) = fs::read_dir(root) {
+        bases.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    let mut removed = Vec::new();
+    for base in bases {
+        let top = base.join(name.trim_start_matches('/'));
+        if !top.is_dir() {
+            continue;
+        }
+        // Children first (deepest paths are longest).
+        let mut dirs = vec![top.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(entries) = fs::read_dir(&dirs[i]) {
+                dirs.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            i += 1;
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
+        for d in dirs {
+            if fs::remove_dir(&d).is_ok() {
+                removed.push(d);
+            }
+        }
+    }
+    removed
 }
