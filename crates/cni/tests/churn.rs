@@ -18,9 +18,16 @@ fn churn(test: &str, cycles: usize) {
     config["ipam"] = lab.host_local(9);
     for i in 0..cycles {
         let mac = format!("02:00:00:00:{:02x}:{:02x}", i / 256 % 256, i % 256);
-        let add = lab.plugin("ADD", &config).args(&format!("IgnoreUnknown=1;MAC={mac}")).run();
+        let add = lab
+            .plugin("ADD", &config)
+            .args(&format!("IgnoreUnknown=1;MAC={mac}"))
+            .run();
         let result = add.result();
-        assert_eq!(result["interfaces"][0]["mac"], mac.as_str(), "cycle {i}: {result}");
+        assert_eq!(
+            result["interfaces"][0]["mac"],
+            mac.as_str(),
+            "cycle {i}: {result}"
+        );
         lab.del(&config).success();
         if i % 50 == 0 || i + 1 == cycles {
             lab.assert_clean(&format!("cycle {i}"));
