@@ -10,6 +10,7 @@
 mod inspect;
 mod lab;
 mod monitor;
+mod mount;
 mod names;
 mod netns;
 mod plugin;
@@ -19,6 +20,7 @@ mod tempdir;
 pub use inspect::{files_under, leases_in, DeviceNode, Link};
 pub use lab::{Lab, LOWER, POD_IFNAME};
 pub use monitor::LinkMonitor;
+pub use mount::TmpfsMount;
 pub use names::{require_root, unique_name};
 pub use netns::Netns;
 pub use plugin::{Plugin, PluginOutput};

@@ -3,8 +3,10 @@
 //! unlike `ip netns exec` leaves /sys alone).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -21,6 +23,8 @@ pub struct Plugin {
     binary: PathBuf,
     host_netns: PathBuf,
     env: BTreeMap<String, String>,
+    /// Variables whose values are raw bytes (not UTF-8), set after `env`.
+    env_bytes: BTreeMap<String, Vec<u8>>,
     stdin: Vec<u8>,
     timeout: Duration,
 }
@@ -33,6 +37,7 @@ impl Plugin {
             binary: binary.as_ref().to_path_buf(),
             host_netns: host_netns.as_ref().to_path_buf(),
             env: BTreeMap::new(),
+            env_bytes: BTreeMap::new(),
             stdin: Vec::new(),
             timeout: Duration::from_secs(30),
         }
@@ -45,6 +50,22 @@ impl Plugin {
 
     pub fn unset(mut self, key: &str) -> Plugin {
         self.env.remove(key);
+        self.env_bytes.remove(key);
+        self
+    }
+
+    /// A variable whose value is raw bytes, e.g. not UTF-8 (replaces any
+    /// value given with [`Plugin::env`]). A NUL byte cannot be passed.
+    pub fn env_bytes(mut self, key: &str, value: &[u8]) -> Plugin {
+        self.env.remove(key);
+        self.env_bytes.insert(key.to_string(), value.to_vec());
+        self
+    }
+
+    /// How long [`Plugin::run`] waits before it kills the plugin and
+    /// panics (30 s unless set).
+    pub fn timeout(mut self, timeout: Duration) -> Plugin {
+        self.timeout = timeout;
         self
     }
 
@@ -104,6 +125,11 @@ impl Plugin {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
             .envs(&self.env)
+            .envs(
+                self.env_bytes
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), OsStr::from_bytes(v))),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -138,7 +164,12 @@ impl Plugin {
     }
 
     fn describe(&self) -> String {
-        let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(
+            self.env_bytes
+                .iter()
+                .map(|(k, v)| format!("{k}={:?}", String::from_utf8_lossy(v))),
+        );
         format!(
             "{} {} <<< {}",
             env.join(" "),
