@@ -67,6 +67,32 @@ pub fn plan(
     nic: &NicOptions<'_>,
     user_args: &[String],
 ) -> Result<QemuPlan, QemuError> {
+    plan_inner(scope, interface, program, nic, user_args, |link| {
+        Ok(tap::open_queues(scope, link, nic.queues)?.fds)
+    })
+}
+
+/// Like [`plan`], on tap fds opened already (the lab's, from the device
+/// node the device plugin promised); one queue per fd.
+pub fn plan_with_fds(
+    scope: &Scope,
+    interface: &str,
+    program: &Path,
+    nic: &NicOptions<'_>,
+    user_args: &[String],
+    fds: Vec<OwnedFd>,
+) -> Result<QemuPlan, QemuError> {
+    plan_inner(scope, interface, program, nic, user_args, |_| Ok(fds))
+}
+
+fn plan_inner(
+    scope: &Scope,
+    interface: &str,
+    program: &Path,
+    nic: &NicOptions<'_>,
+    user_args: &[String],
+    open: impl FnOnce(&macvtap_net::Link) -> Result<Vec<OwnedFd>, QemuError>,
+) -> Result<QemuPlan, QemuError> {
     let mut nl = scope.netlink()?;
     let link = scope.macvtap(&mut nl, interface)?;
     let link_mac = link.mac.ok_or_else(|| QemuError::NoMac {
@@ -95,9 +121,9 @@ pub fn plan(
             }
         })
     };
-    let queues = tap::open_queues(scope, &link, nic.queues)?;
+    let fds = open(&link)?;
     let mac = nic.mac_override.unwrap_or(link_mac);
-    let raw: Vec<RawFd> = queues.fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let args = build_args(&Nic {
         user_args,
         fds: &raw,
@@ -110,7 +136,7 @@ pub fn plan(
         program: program.to_path_buf(),
         args,
         notes,
-        fds: queues.fds,
+        fds,
     })
 }
 

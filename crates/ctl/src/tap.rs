@@ -6,6 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use macvtap_net::{make_device_node, DeviceNumber, Link};
@@ -31,6 +32,14 @@ pub enum TapError {
         name: String,
         dev: DeviceNumber,
         queue: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the device node {path} as uid {uid}, gid {gid}: {source}")]
+    OpenAs {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
         #[source]
         source: io::Error,
     },
@@ -87,6 +96,65 @@ pub fn open_queues(scope: &Scope, link: &Link, queues: u32) -> Result<TapQueues,
         }
     }
     Ok(TapQueues { fds })
+}
+
+/// Open the device node at `path` read-write the way the VM's user
+/// `uid:gid` would: the node's owner and mode decide, not root's override.
+/// Then check with `TUNGETIFF` that it is the interface `name`.
+///
+/// The path is resolved as root (a container runtime hands the node to the
+/// container itself, so the directories above it are not the VM's to
+/// walk); only the open of the node is done with the filesystem identity
+/// `uid:gid` (`setfsuid`, per thread, on a thread of its own, which drops
+/// the file capabilities such as CAP_DAC_OVERRIDE).
+pub fn open_node_as(path: &Path, uid: u32, gid: u32, name: &str) -> Result<OwnedFd, TapError> {
+    let open_err = |source: io::Error| TapError::OpenAs {
+        path: path.to_path_buf(),
+        uid,
+        gid,
+        source,
+    };
+    let located = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(open_err)?;
+    let reopen = format!("/proc/self/fd/{}", located.as_raw_fd());
+    let opened = std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setfsgid/setfsuid change this thread's filesystem
+            // identity only; the thread ends right after.
+            unsafe {
+                libc::setfsgid(gid);
+                libc::setfsuid(uid);
+                // They return the previous value; asking again tells
+                // whether the change took.
+                if libc::setfsuid(uid) as u32 != uid || libc::setfsgid(gid) as u32 != gid {
+                    return Err(io::Error::other("setfsuid/setfsgid did not take"));
+                }
+            }
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&reopen)
+                .map(OwnedFd::from)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the opening thread panicked")))
+    })
+    .map_err(open_err)?;
+    let got = tap_interface_name(&opened).map_err(|source| TapError::GetIff {
+        name: name.to_string(),
+        source,
+    })?;
+    if got != name {
+        return Err(TapError::WrongInterface {
+            want: name.to_string(),
+            got,
+        });
+    }
+    Ok(opened)
 }
 
 /// Make a node for `dev` in a fresh private directory under `base`, open
@@ -160,4 +228,41 @@ impl Drop for PrivateDir {
 /// Whether a path can be opened read-write (a device we would hand QEMU).
 pub fn can_open_rw(path: &str) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// /dev/null's number: a character device anyone may have a node of.
+    const NULL: DeviceNumber = DeviceNumber { major: 1, minor: 3 };
+
+    #[test]
+    fn open_node_as_obeys_the_owner_and_mode_not_roots_override() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root");
+        let dir = PrivateDir::new(&std::env::temp_dir()).unwrap();
+        // root:root 0660: root could open it, uid 107 must not.
+        let roots = dir.path().join("roots");
+        make_device_node(&roots, NULL, 0, 0).unwrap();
+        match open_node_as(&roots, 107, 107, "net1") {
+            Err(TapError::OpenAs {
+                source, uid: 107, ..
+            }) => {
+                assert_eq!(source.kind(), io::ErrorKind::PermissionDenied, "{source}")
+            }
+            other => panic!("uid 107 opened a root:root 0660 node: {other:?}"),
+        }
+        // 107:107 0660 opens for uid 107 (from a 0700 directory only root
+        // may walk); TUNGETIFF then says it is no tap at all.
+        let qemus = dir.path().join("qemus");
+        make_device_node(&qemus, NULL, 107, 107).unwrap();
+        match open_node_as(&qemus, 107, 107, "net1") {
+            Err(TapError::GetIff { name, .. }) => assert_eq!(name, "net1"),
+            other => panic!("a /dev/null node passed as a tap: {other:?}"),
+        }
+        // The caller's own identity is untouched.
+        // SAFETY: setfsuid(-1) only queries (an invalid id changes nothing).
+        assert_eq!(unsafe { libc::setfsuid(u32::MAX) }, 0);
+    }
 }
