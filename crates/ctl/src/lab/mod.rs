@@ -167,12 +167,16 @@ struct Say {
 }
 
 impl Say {
+    /// A closed pipe (`| head`) must not end the lab before its cleanup
+    /// (println! would panic, and the release build aborts on panic).
     fn line(&self, text: impl AsRef<str>) {
-        if self.json {
-            eprintln!("{}", text.as_ref());
+        use std::io::Write;
+        let line = format!("{}\n", text.as_ref());
+        let _ = if self.json {
+            std::io::stderr().write_all(line.as_bytes())
         } else {
-            println!("{}", text.as_ref());
-        }
+            std::io::stdout().write_all(line.as_bytes())
+        };
     }
 }
 
