@@ -243,28 +243,53 @@ pub enum VmChoice {
     Never,
 }
 
+/// Whether the lab runs the device plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DevicePluginChoice {
+    /// When `macvtap-deviceplugin` is found next to macvtapctl; else the CNI
+    /// plugin runs in standalone mode.
+    Auto,
+    /// The device plugin, or fail.
+    Always,
+    /// The CNI plugin in standalone mode (on `up0`), no device plugin.
+    Never,
+}
+
 /// Boot a VM on a CNI-made macvtap in private namespaces and reach it.
 ///
 /// The whole story, end to end, in network namespaces the lab makes and
 /// removes: a LAN, a node with the uplink veth `up0`, and an empty pod.
-/// It runs the `macvtap` CNI plugin (found next to macvtapctl) exactly as
-/// Multus would, so the pod gets the macvtap `net1` with the MAC from
-/// CNI_ARGS; boots a small Debian guest with QEMU on it (built once from
-/// Debian packages and cached), proves ping, TCP and HTTP from the LAN,
-/// prints the timings, and removes everything it made, also on failure or
-/// Ctrl-C.
+/// When `macvtap-deviceplugin` is next to macvtapctl it runs inside the
+/// node against a built-in kubelet stand-in, which registers it, sees its
+/// devices Healthy and Allocates one; the `macvtap` CNI plugin then
+/// attaches that deviceID to the pod exactly as Multus would, so the pod
+/// gets the macvtap `net1` with the promised ifindex and the MAC from
+/// CNI_ARGS (without the device plugin: the CNI plugin in standalone mode).
+/// A small Debian guest boots with QEMU on the device node the device
+/// plugin promised (built once from Debian packages and cached); the LAN
+/// proves ping, TCP and HTTP; the timings are printed; everything made is
+/// removed, also on failure or Ctrl-C.
 ///
 ///   LAN 10.201.0.1 (lan0) ── veth ── up0 (node) ══ macvtap net1 (pod) ══ VM 10.201.0.10
 ///
 /// Examples:
 ///   macvtapctl lab
 ///   macvtapctl lab --vm never        # no QEMU: a stand-in answers ping
+///   macvtapctl lab --device-plugin never   # the CNI plugin alone, standalone mode
 ///   macvtapctl lab --keep            # leave it running; prints how to remove it
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct LabArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub vm: VmChoice,
+    /// Run the device plugin and attach its deviceID (auto: when
+    /// `macvtap-deviceplugin` is next to macvtapctl).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device_plugin: DevicePluginChoice,
+    /// The device plugin binary (default: `macvtap-deviceplugin` next to
+    /// macvtapctl).
+    #[arg(long, value_name = "PATH")]
+    pub device_plugin_bin: Option<PathBuf>,
     /// Leave the namespaces (and the VM) in place on success or failure.
     #[arg(long)]
     pub keep: bool,

@@ -1,6 +1,7 @@
 //! Ctrl-C in the middle of the lab (while the VM boots) removes everything
-//! the lab made: QEMU (by its PID), the CNI attachment, the namespaces and
-//! the lab directory; the exit status says which signal ended it.
+//! the lab made: QEMU (by its PID), the CNI attachment, the device plugin
+//! (by its PID), the namespaces and the lab directory; the exit status
+//! says which signal ended it.
 
 mod common;
 
@@ -9,14 +10,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{alive, cni_plugin, eventually, ChildGuard};
+use common::{alive, cni_plugin, device_plugin, eventually, ChildGuard};
 
 #[test]
 fn sigint_while_the_vm_boots_removes_everything() {
     cni_plugin();
+    device_plugin();
     let mut lab = ChildGuard(
         Command::new(common::ctl_path())
-            .args(["lab", "--vm", "always"])
+            .args(["lab", "--vm", "always", "--device-plugin", "always"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -26,6 +28,7 @@ fn sigint_while_the_vm_boots_removes_everything() {
     let stdout = lab.0.stdout.take().unwrap();
     let mut namespaces = Vec::new();
     let mut lab_dir = None;
+    let mut daemon_pid = None;
     let mut qemu_pid = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
@@ -37,12 +40,14 @@ fn sigint_while_the_vm_boots_removes_everything() {
                 .map(str::to_string)
                 .collect();
         }
-        if let Some(path) = line
-            .split_whitespace()
-            .find(|w| w.contains("/macvtapctl-lab-"))
+        if let Some(dir) = line.strip_prefix("== lab directory ") {
+            lab_dir = Some(dir.trim().to_string());
+        }
+        if let Some((_, rest)) = line
+            .split_once("(pid ")
+            .filter(|_| line.starts_with("== device plugin "))
         {
-            let dir = path.split("/state/").next().unwrap().to_string();
-            lab_dir.get_or_insert(dir);
+            daemon_pid = rest.split(')').next().and_then(|p| p.parse::<u32>().ok());
         }
         if let Some(rest) = line.strip_prefix("== QEMU (pid ") {
             qemu_pid = rest.split(')').next().and_then(|p| p.parse::<u32>().ok());
@@ -51,6 +56,8 @@ fn sigint_while_the_vm_boots_removes_everything() {
     }
     let qemu_pid = qemu_pid.expect("the lab started QEMU");
     assert!(alive(qemu_pid));
+    let daemon_pid = daemon_pid.expect("the lab started the device plugin");
+    assert!(alive(daemon_pid));
     assert_eq!(namespaces.len(), 3, "{namespaces:?}");
     // SAFETY: kill(2) on the PID of our own child.
     assert_eq!(unsafe { libc::kill(lab.pid() as i32, libc::SIGINT) }, 0);
@@ -63,6 +70,10 @@ fn sigint_while_the_vm_boots_removes_everything() {
     assert!(
         eventually(Duration::from_secs(5), || !alive(qemu_pid)),
         "QEMU (pid {qemu_pid}) survived Ctrl-C"
+    );
+    assert!(
+        !alive(daemon_pid),
+        "the device plugin (pid {daemon_pid}) survived Ctrl-C"
     );
     for ns in &namespaces {
         assert!(

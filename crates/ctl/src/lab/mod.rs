@@ -1,13 +1,18 @@
 //! `lab`: the whole story end to end, in namespaces the lab makes and
 //! removes. A LAN namespace, a node namespace with the uplink veth, an
-//! empty pod; the CNI plugin attaches the pod as Multus would; a real
-//! guest boots on the pod's macvtap (or a stand-in answers), and the LAN
-//! proves ping, TCP and HTTP.
+//! empty pod; the device plugin (when found) runs in the node against a
+//! kubelet stand-in that Allocates a device; the CNI plugin attaches the
+//! pod as Multus would (with that deviceID, or standalone on the uplink);
+//! a real guest boots on the pod's macvtap (or a stand-in answers), and
+//! the LAN proves ping, TCP and HTTP.
 
 pub mod cni;
 mod cpio;
+mod daemon;
+mod dp;
 mod elf;
 pub mod guest;
+mod kubelet;
 mod probe;
 mod signals;
 mod standin;
@@ -24,12 +29,15 @@ use serde::Serialize;
 use serde_json::json;
 
 use self::cni::{Attachment, CniError};
+use self::daemon::{Daemon, Stopped};
+use self::dp::DevicePluginReport;
 use self::guest::{Ensured, GuestError};
+use self::kubelet::{Event, KubeletStandIn};
 use self::probe::{Pinger, ProbeError};
 use self::standin::StandIn;
 use self::vm::Vm;
 use self::world::{LabDir, Namespaces};
-use crate::cli::{DoctorArgs, LabArgs, VhostChoice, VmChoice};
+use crate::cli::{DevicePluginChoice, DoctorArgs, LabArgs, VhostChoice, VmChoice};
 use crate::doctor::{self, Status};
 use crate::iface::InterfaceInfo;
 use crate::links::{self, LinkError};
@@ -58,6 +66,10 @@ pub enum LabError {
     Signals(#[source] nix::Error),
     #[error("--vm always, but no VM can be booted: {0}")]
     NoVm(String),
+    #[error("--device-plugin always, but {0}")]
+    NoDevicePlugin(String),
+    #[error("device plugin: {0}")]
+    DevicePlugin(String),
     #[error(transparent)]
     Cni(#[from] CniError),
     #[error(transparent)]
@@ -126,6 +138,13 @@ pub struct Timings {
     pub guest_image_ms: Option<f64>,
     pub guest_image_built: bool,
     pub setup_ms: f64,
+    /// Device plugin start to its RegisterRequest at the kubelet stand-in.
+    pub registration_ms: Option<f64>,
+    /// Registration to the first ListAndWatch list with every device Healthy.
+    pub devices_healthy_ms: Option<f64>,
+    pub preferred_allocation_ms: Option<f64>,
+    /// The Allocate call, round trip.
+    pub allocate_ms: Option<f64>,
     pub cni_add_ms: f64,
     /// QEMU start (or stand-in start) to the guest's ready banner.
     pub start_to_guest_ready_ms: Option<f64>,
@@ -134,6 +153,8 @@ pub struct Timings {
     pub tcp_echo_ms: Option<f64>,
     pub http_ms: Option<f64>,
     pub cleanup_ms: Option<f64>,
+    /// SIGTERM to the device plugin's exit, at cleanup.
+    pub device_plugin_stop_ms: Option<f64>,
     pub total_ms: f64,
 }
 
@@ -142,6 +163,12 @@ pub struct LabReport {
     pub tag: String,
     pub namespaces: Names,
     pub lab_dir: String,
+    /// "device-plugin" (the CNI attached the deviceID the device plugin
+    /// allocated) or "standalone" (the CNI alone, on the uplink).
+    pub attach_mode: &'static str,
+    /// Why the device plugin was not used.
+    pub why_standalone: Option<String>,
+    pub device_plugin: Option<DevicePluginReport>,
     pub interface: InterfaceInfo,
     /// The node the CNI plugin made, and whether it is the interface's device.
     pub cni_device_node: String,
@@ -156,7 +183,7 @@ pub struct LabReport {
     pub cleanup_script: Option<String>,
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
@@ -187,14 +214,24 @@ enum GuestChoice {
 }
 
 /// Everything the lab made, in drop order: the guest first, then the CNI
-/// attachment (DEL), the namespaces, the directory.
+/// attachment (DEL), the device plugin (SIGTERM), the kubelet stand-in,
+/// the namespaces, the directory.
 #[derive(Default)]
 struct Made {
     vm: Option<Vm>,
     standin: Option<StandIn>,
     attachment: Option<Attachment>,
+    daemon: Option<Daemon>,
+    kubelet: Option<KubeletStandIn>,
     namespaces: Namespaces,
     dir: Option<LabDir>,
+}
+
+/// What the ordered removal met.
+struct Teardown {
+    problems: Vec<String>,
+    /// How the device plugin stopped, when one ran.
+    daemon: Option<Result<Stopped, String>>,
 }
 
 impl Made {
@@ -205,14 +242,17 @@ impl Made {
         if let Some(a) = &mut self.attachment {
             a.keep();
         }
+        if let Some(d) = &mut self.daemon {
+            d.keep();
+        }
         self.namespaces.keep();
         if let Some(d) = &mut self.dir {
             d.keep();
         }
     }
 
-    /// Remove everything now, in order; returns the problems met.
-    fn teardown(&mut self) -> Vec<String> {
+    /// Remove everything now, in order.
+    fn teardown(&mut self) -> Teardown {
         let mut problems = Vec::new();
         if let Some(mut vm) = self.vm.take() {
             vm.stop();
@@ -223,13 +263,19 @@ impl Made {
                 problems.push(e.to_string());
             }
         }
+        // As on a node: the pod is gone, then the plugin stops (SIGTERM:
+        // it removes its sockets and exits 0), the kubelet last.
+        let daemon = self.daemon.take().map(|mut d| d.stop());
+        if let Some(mut k) = self.kubelet.take() {
+            k.stop();
+        }
         problems.extend(self.namespaces.remove());
         if let Some(mut d) = self.dir.take() {
             if let Err(e) = d.remove() {
                 problems.push(format!("{}: {e}", d.path().display()));
             }
         }
-        problems
+        Teardown { problems, daemon }
     }
 }
 
@@ -273,17 +319,45 @@ pub fn run(args: &LabArgs, netns_given: bool, json: bool) -> Result<LabReport, L
         });
     }
     let cleanup = Instant::now();
-    let problems = made.teardown();
+    let Teardown { problems, daemon } = made.teardown();
     let cleanup = cleanup.elapsed();
     for p in &problems {
         eprintln!("macvtapctl lab: cleanup: {p}");
     }
+    // The device plugin must stop cleanly: exit 0, its sockets removed.
+    let stopped = match daemon {
+        Some(Err(e)) => {
+            if outcome.is_ok() {
+                outcome = Err(LabError::DevicePlugin(e));
+            } else {
+                eprintln!("macvtapctl lab: cleanup: {e}");
+            }
+            None
+        }
+        Some(Ok(s)) => Some(s),
+        None => None,
+    };
     let mut report = outcome?;
+    let stopped_text = stopped.as_ref().map(|s| {
+        format!(
+            "SIGTERM -> {} in {:.1} ms, its sockets removed",
+            s.status,
+            ms(s.took)
+        )
+    });
     say.line(format!(
-        "\n== removed everything the lab made in {:.0} ms",
-        ms(cleanup)
+        "\n== removed everything the lab made in {:.0} ms{}",
+        ms(cleanup),
+        stopped_text
+            .as_ref()
+            .map(|t| format!(" (device plugin: {t})"))
+            .unwrap_or_default()
     ));
     report.timings.cleanup_ms = Some(ms(cleanup));
+    report.timings.device_plugin_stop_ms = stopped.as_ref().map(|s| ms(s.took));
+    if let Some(dp) = &mut report.device_plugin {
+        dp.stopped = stopped_text;
+    }
     report.timings.total_ms = ms(started.elapsed());
     Ok(report)
 }
@@ -301,6 +375,16 @@ fn write_cleanup_script(made: &Made) -> std::io::Result<PathBuf> {
     if let Some(vm) = &made.vm {
         script.push_str(&format!("kill {} 2>/dev/null\n", vm.pid));
     }
+    if let Some(d) = &made.daemon {
+        // SIGTERM: the device plugin removes its sockets and exits; wait
+        // (up to 5 s) until it is gone or a zombie, before its namespace.
+        script.push_str(&format!(
+            "kill {pid} 2>/dev/null && for _ in $(seq 50); do \
+             [ \"$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null || echo Z)\" = Z ] && break; \
+             sleep 0.1; done\n",
+            pid = d.pid
+        ));
+    }
     for ns in made.namespaces.names().iter().rev() {
         script.push_str(&format!("ip netns del {ns}\n"));
     }
@@ -309,6 +393,45 @@ fn write_cleanup_script(made: &Made) -> std::io::Result<PathBuf> {
     fs::write(&path, script)?;
     guest::make_executable(&path)?;
     Ok(path)
+}
+
+/// The device plugin binary to run, or (`Err`) why the CNI plugin runs in
+/// standalone mode.
+fn choose_device_plugin(args: &LabArgs) -> Result<Result<PathBuf, String>, LabError> {
+    if args.device_plugin == DevicePluginChoice::Never {
+        return Ok(Err("--device-plugin never".into()));
+    }
+    let found = match &args.device_plugin_bin {
+        Some(path) if path.is_file() => Ok(path.clone()),
+        // A path given by hand that is wrong is a mistake, not a fallback.
+        Some(path) => {
+            return Err(LabError::DevicePlugin(format!(
+                "--device-plugin-bin {}: no such file",
+                path.display()
+            )))
+        }
+        None => daemon::find_next_to_me().ok_or_else(|| {
+            let dir = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.display().to_string()))
+                .unwrap_or_else(|| "macvtapctl's directory".into());
+            format!(
+                "{} is not in {dir}; ./scripts/build-release puts it next to macvtapctl, \
+                 or pass --device-plugin-bin PATH",
+                daemon::BINARY
+            )
+        }),
+    };
+    match (found, args.device_plugin) {
+        (Ok(path), _) => Ok(Ok(path)),
+        (Err(why), DevicePluginChoice::Always) => Err(LabError::NoDevicePlugin(why)),
+        (Err(why), _) => Ok(Err(why)),
+    }
+}
+
+/// A sandbox ID as a runtime makes them: 64 hex digits.
+fn sandbox_id(nonce: u32) -> String {
+    format!("{nonce:08x}{:08x}", std::process::id()).repeat(4)
 }
 
 fn choose_guest(args: &LabArgs, say: Say) -> Result<GuestChoice, LabError> {
@@ -346,6 +469,12 @@ fn choose_guest(args: &LabArgs, say: Say) -> Result<GuestChoice, LabError> {
 
 fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabError> {
     let plugin = cni::find_plugin(args.cni_plugin.as_deref())?;
+    let dp_choice = choose_device_plugin(args)?;
+    if let (Err(why), DevicePluginChoice::Auto) = (&dp_choice, args.device_plugin) {
+        say.line(format!(
+            "== no device plugin ({why}): the CNI plugin runs in standalone mode on {UPLINK}"
+        ));
+    }
     let choice = choose_guest(args, say)?;
     let mut timings = Timings::default();
     if let GuestChoice::Vm(e) = &choice {
@@ -373,6 +502,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     let dir = LabDir::new().map_err(|e| setup_err("lab directory")(e.to_string()))?;
     let dir_path = dir.path().to_path_buf();
     made.dir = Some(dir);
+    say.line(format!("== lab directory {}", dir_path.display()));
     let names = Names {
         lan: format!("{tag}-lan"),
         node: format!("{tag}-node"),
@@ -397,74 +527,39 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
 
     // The pod's attachment, exactly as Multus would make it.
     let mac = lab_mac(nonce);
-    let state_dir = dir_path.join("state");
-    let config = json!({
-        "cniVersion": "1.0.0",
-        "name": "macvtapctl-lab",
-        "type": "macvtap",
-        "master": UPLINK,
-        "mode": "bridge",
-        "mtu": 1500,
-        "stateDir": state_dir,
-    });
-    say.line(format!(
-        "== CNI ADD: {} (CNI_IFNAME={POD_IF}, CNI_ARGS MAC={mac}), from {}",
-        plugin.display(),
-        names.node
-    ));
-    let env = vec![
-        ("CNI_CONTAINERID", tag.clone()),
-        ("CNI_NETNS", pod.path().display().to_string()),
-        ("CNI_IFNAME", POD_IF.to_string()),
-        ("CNI_ARGS", format!("IgnoreUnknown=1;MAC={mac}")),
-    ];
-    let (attachment, result, took) = Attachment::add(&plugin, node.path(), env, &config)?;
-    made.attachment = Some(attachment);
-    timings.cni_add_ms = ms(took);
-    say.line(format!(
-        "   took {:.1} ms (process start included); result: {}",
-        ms(took),
-        result
-            .get("interfaces")
-            .map(|i| i.to_string())
-            .unwrap_or_default()
-    ));
-    let info = links::show(&pod, POD_IF)?;
-    if info.mac.as_deref() != Some(&mac.to_string()) {
-        return Err(LabError::Check {
-            what: "CNI ADD",
-            detail: format!("{POD_IF} has MAC {:?}, not {mac} from CNI_ARGS", info.mac),
-        });
-    }
-    for line in info.text().lines() {
-        say.line(format!("   {line}"));
-    }
-    let cni_node = state_dir
-        .join("pods")
-        .join(&tag)
-        .join(format!("{POD_IF}.tap"));
-    let cni_node_dev = NodeInfo::stat(&cni_node).ok().map(|n| n.dev.to_string());
-    let cni_node_matches = cni_node_dev.is_some() && cni_node_dev == info.device;
-    say.line(format!(
-        "   the plugin's device node {} is {}: {}",
-        cni_node.display(),
-        cni_node_dev.as_deref().unwrap_or("missing"),
-        if cni_node_matches {
-            "the device sysfs shows inside the pod"
-        } else {
-            "NOT the interface's device"
+    let (info, cni_node, cni_node_matches, mut tap_fd, dp_report) = match &dp_choice {
+        Ok(binary) => {
+            let a = dp::attach(
+                binary,
+                args.keep,
+                &node,
+                &pod,
+                &dir_path,
+                &plugin,
+                &sandbox_id(nonce),
+                mac,
+                say,
+                made,
+                &mut timings,
+            )?;
+            (a.info, a.node, a.node_matches, Some(a.fd), Some(a.report))
         }
-    ));
-    if !cni_node_matches {
-        return Err(LabError::Check {
-            what: "CNI device node",
-            detail: format!(
-                "{} is {cni_node_dev:?}, the interface's device is {:?}",
-                cni_node.display(),
-                info.device
-            ),
-        });
-    }
+        Err(_) => {
+            let (info, node_path, matches) = attach_standalone(
+                &plugin,
+                &node,
+                &pod,
+                &names.node,
+                &dir_path,
+                &tag,
+                mac,
+                say,
+                made,
+                &mut timings,
+            )?;
+            (info, node_path, matches, None, None)
+        }
+    };
     check_signal()?;
 
     // The guest.
@@ -496,7 +591,27 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
                 device_opts: &romless,
                 mac_override: args.guest_mac,
             };
-            let plan = qemu::plan(&pod, POD_IF, &args.qemu_bin, &nic, &guest_args)?;
+            // On the device plugin's path QEMU gets the node the DeviceSpec
+            // promised, opened as the VM's user; otherwise macvtapctl opens
+            // the tap by its device number.
+            let (plan, opened) = match tap_fd.take() {
+                Some(fd) => (
+                    qemu::plan_with_fds(&pod, POD_IF, &args.qemu_bin, &nic, &guest_args, vec![fd])?,
+                    format!(
+                        "{} opened as uid {} gid {}",
+                        cni_node.display(),
+                        dp::QEMU_UID,
+                        dp::QEMU_GID
+                    ),
+                ),
+                None => (
+                    qemu::plan(&pod, POD_IF, &args.qemu_bin, &nic, &guest_args)?,
+                    format!(
+                        "tap opened by device number {}",
+                        info.device.as_deref().unwrap_or("?")
+                    ),
+                ),
+            };
             for note in &plan.notes {
                 say.line(format!("   note: {note}"));
             }
@@ -519,9 +634,8 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
             drop(plan);
             let vm = Vm::new(child, &serial, &log);
             say.line(format!(
-                "== QEMU (pid {}) boots the guest on {POD_IF} (tap opened by device number {}), guest MAC {guest_mac}",
+                "== QEMU (pid {}) boots the guest on {POD_IF} ({opened}), guest MAC {guest_mac}",
                 vm.pid,
-                info.device.as_deref().unwrap_or("?")
             ));
             guest_info.kind = "vm";
             guest_info.qemu_pid = Some(vm.pid);
@@ -531,13 +645,18 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
         }
         GuestChoice::StandIn(why) => {
             guest_info.why_not_vm = why.clone();
-            let mut nl = pod.netlink()?;
-            let link = pod.macvtap(&mut nl, POD_IF)?;
-            let mut queues = tap::open_queues(&pod, &link, 1)?;
-            let fd = queues
-                .fds
-                .pop()
-                .ok_or_else(|| setup_err("stand-in")("no tap queue".into()))?;
+            let fd = match tap_fd.take() {
+                Some(fd) => fd,
+                None => {
+                    let mut nl = pod.netlink()?;
+                    let link = pod.macvtap(&mut nl, POD_IF)?;
+                    let mut queues = tap::open_queues(&pod, &link, 1)?;
+                    queues
+                        .fds
+                        .pop()
+                        .ok_or_else(|| setup_err("stand-in")("no tap queue".into()))?
+                }
+            };
             let started = Instant::now();
             made.standin = Some(
                 StandIn::start(fd, guest_mac, GUEST_IP)
@@ -626,10 +745,25 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
         http_body = Some(body.trim().to_string());
     }
 
+    let mut dp_report = dp_report;
+    if let (Some(r), Some(k)) = (&mut dp_report, &made.kubelet) {
+        r.list_updates += k
+            .drain()
+            .iter()
+            .filter(|e| matches!(e, Event::Devices { .. }))
+            .count();
+    }
     let report = LabReport {
         tag,
         namespaces: names,
         lab_dir: dir_path.display().to_string(),
+        attach_mode: if dp_report.is_some() {
+            "device-plugin"
+        } else {
+            "standalone"
+        },
+        why_standalone: dp_choice.err(),
+        device_plugin: dp_report,
         interface: info,
         cni_device_node: cni_node.display().to_string(),
         cni_device_node_matches: cni_node_matches,
@@ -643,6 +777,93 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     };
     say.line(report_text(&report));
     Ok(report)
+}
+
+/// The CNI plugin alone (standalone mode on the uplink), as Multus would
+/// run it for a NAD with `master`; returns the pod's interface, the
+/// plugin's device node and whether it is the interface's device.
+#[allow(clippy::too_many_arguments)]
+fn attach_standalone(
+    plugin: &Path,
+    node: &Scope,
+    pod: &Scope,
+    node_name: &str,
+    dir_path: &Path,
+    tag: &str,
+    mac: MacAddr,
+    say: Say,
+    made: &mut Made,
+    timings: &mut Timings,
+) -> Result<(InterfaceInfo, PathBuf, bool), LabError> {
+    let state_dir = dir_path.join("state");
+    let config = json!({
+        "cniVersion": "1.0.0",
+        "name": "macvtapctl-lab",
+        "type": "macvtap",
+        "master": UPLINK,
+        "mode": "bridge",
+        "mtu": 1500,
+        "stateDir": state_dir,
+    });
+    say.line(format!(
+        "== CNI ADD: {} (CNI_IFNAME={POD_IF}, CNI_ARGS MAC={mac}), from {}",
+        plugin.display(),
+        node_name
+    ));
+    let env = vec![
+        ("CNI_CONTAINERID", tag.to_string()),
+        ("CNI_NETNS", pod.path().display().to_string()),
+        ("CNI_IFNAME", POD_IF.to_string()),
+        ("CNI_ARGS", format!("IgnoreUnknown=1;MAC={mac}")),
+    ];
+    let (attachment, result, took) = Attachment::add(plugin, node.path(), env, &config)?;
+    made.attachment = Some(attachment);
+    timings.cni_add_ms = ms(took);
+    say.line(format!(
+        "   took {:.1} ms (process start included); result: {}",
+        ms(took),
+        result
+            .get("interfaces")
+            .map(|i| i.to_string())
+            .unwrap_or_default()
+    ));
+    let info = links::show(pod, POD_IF)?;
+    if info.mac.as_deref() != Some(&mac.to_string()) {
+        return Err(LabError::Check {
+            what: "CNI ADD",
+            detail: format!("{POD_IF} has MAC {:?}, not {mac} from CNI_ARGS", info.mac),
+        });
+    }
+    for line in info.text().lines() {
+        say.line(format!("   {line}"));
+    }
+    let cni_node = state_dir
+        .join("pods")
+        .join(tag)
+        .join(format!("{POD_IF}.tap"));
+    let cni_node_dev = NodeInfo::stat(&cni_node).ok().map(|n| n.dev.to_string());
+    let cni_node_matches = cni_node_dev.is_some() && cni_node_dev == info.device;
+    say.line(format!(
+        "   the plugin's device node {} is {}: {}",
+        cni_node.display(),
+        cni_node_dev.as_deref().unwrap_or("missing"),
+        if cni_node_matches {
+            "the device sysfs shows inside the pod"
+        } else {
+            "NOT the interface's device"
+        }
+    ));
+    if !cni_node_matches {
+        return Err(LabError::Check {
+            what: "CNI device node",
+            detail: format!(
+                "{} is {cni_node_dev:?}, the interface's device is {:?}",
+                cni_node.display(),
+                info.device
+            ),
+        });
+    }
+    Ok((info, cni_node, cni_node_matches))
 }
 
 /// The veth uplink between LAN and node, addresses, links up, quick ARP.
@@ -819,6 +1040,52 @@ fn report_text(r: &LabReport) -> String {
         },
     );
     row("namespaces + uplink", format!("{:.1} ms", t.setup_ms));
+    match &r.device_plugin {
+        Some(dp) => {
+            row(
+                "attach",
+                format!(
+                    "device plugin (pid {}) {} -> {} -> CNI ADD",
+                    dp.pid, dp.resource_name, dp.device_id
+                ),
+            );
+            row(
+                "device plugin start -> Register",
+                opt(t.registration_ms, "ms"),
+            );
+            row(
+                "Register -> all devices Healthy",
+                format!(
+                    "{}, {} devices",
+                    opt(t.devices_healthy_ms, "ms"),
+                    dp.healthy_devices
+                ),
+            );
+            row(
+                "GetPreferredAllocation",
+                opt(t.preferred_allocation_ms, "ms"),
+            );
+            row("Allocate", opt(t.allocate_ms, "ms"));
+            row(
+                "DeviceSpec",
+                format!("{} <- {}", dp.container_path, dp.host_path),
+            );
+            row(
+                "pod's tap",
+                format!(
+                    "ifindex {}, {} {} {}, opened as {}",
+                    dp.pod_ifindex, dp.node_device, dp.node_owner, dp.node_mode, dp.opened_as
+                ),
+            );
+        }
+        None => row(
+            "attach",
+            format!(
+                "CNI standalone ({})",
+                r.why_standalone.as_deref().unwrap_or("no device plugin")
+            ),
+        ),
+    }
     row(
         "CNI ADD (process included)",
         format!("{:.1} ms", t.cni_add_ms),

@@ -102,28 +102,59 @@ pub fn unique_ifindex() -> u32 {
 pub fn cni_plugin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let dir = PathBuf::from(ctl_path())
-                .parent()
-                .expect("bin dir")
-                .to_path_buf();
-            let cargo = option_env!("CARGO").unwrap_or("cargo");
-            let mut build = Command::new(cargo);
-            build.args(["build", "-q", "-p", "macvtap-cni", "--bin", "macvtap"]);
-            if dir.ends_with("release") {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo build for the CNI plugin");
-            assert!(status.success(), "cargo build -p macvtap-cni failed");
-            let plugin = dir.join("macvtap");
-            assert!(
-                plugin.is_file(),
-                "{} missing after the build",
-                plugin.display()
-            );
-            plugin
-        })
+        .get_or_init(|| build_next_to_ctl("macvtap-cni", "macvtap"))
         .clone()
+}
+
+/// `macvtap-deviceplugin` next to macvtapctl, built if needed: where
+/// `lab --device-plugin auto` looks for it.
+pub fn device_plugin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_next_to_ctl("macvtap-deviceplugin", "macvtap-deviceplugin"))
+        .clone()
+}
+
+/// Build `bin` of `package` with the profile and target macvtapctl was
+/// built with, so it lands in macvtapctl's directory.
+fn build_next_to_ctl(package: &str, bin: &str) -> PathBuf {
+    let dir = PathBuf::from(ctl_path())
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_string(),
+        Some(p) => p.to_string(),
+        None => panic!("no profile directory above {}", ctl_path()),
+    };
+    let above = dir.parent().expect("target dir");
+    let above_name = above.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .args(["--profile", &profile])
+        .arg("--manifest-path")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"));
+    if above_name.contains("-linux-") || above_name.contains("-unknown-") {
+        // target/<triple>/<profile>
+        build
+            .args(["--target", above_name])
+            .arg("--target-dir")
+            .arg(above.parent().expect("target dir"));
+    } else {
+        build.arg("--target-dir").arg(above);
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo build for {bin}: {e}"));
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let path = dir.join(bin);
+    assert!(path.is_file(), "{} missing after the build", path.display());
+    path
 }
 
 /// A child process killed (by its PID) and reaped when dropped.
