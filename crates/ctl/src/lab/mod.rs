@@ -1090,12 +1090,17 @@ fn report_text(r: &LabReport) -> String {
         "CNI ADD (process included)",
         format!("{:.1} ms", t.cni_add_ms),
     );
+    let start = if r.guest.kind == "vm" {
+        "QEMU start"
+    } else {
+        "stand-in start"
+    };
     row(
-        "start -> guest ready (console)",
+        &format!("{start} -> guest ready"),
         opt(t.start_to_guest_ready_ms.map(|v| v / 1000.0), "s"),
     );
     row(
-        "start -> first ping reply at LAN",
+        &format!("{start} -> first ping reply"),
         format!("{:.2} s", t.start_to_first_ping_ms / 1000.0),
     );
     row("ping RTT", format!("{:?} ms", r.ping_rtt_ms));
