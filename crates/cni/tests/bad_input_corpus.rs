@@ -965,6 +965,19 @@ fn env_cases(t: &mut Table) {
         &[4],
         ARGS,
     );
+    // Not UTF-8: refused, not read as empty (which would drop the MAC the
+    // runtime asked for and attach with a random one).
+    t.env(
+        "CNI_ARGS not UTF-8, with a MAC",
+        |p| {
+            p.env_bytes(
+                "CNI_ARGS",
+                b"IgnoreUnknown=1;MAC=02:00:00:00:00:01;K8S_POD_NAME=\xff",
+            )
+        },
+        &[4],
+        ARGS,
+    );
 }
 
 /// IPAM plugins that cannot be found or run (105), and IPAM types that
