@@ -131,9 +131,67 @@ fn id_from(v: Option<i64>, key: &str) -> Result<u32> {
     }
 }
 
+/// Each known key's JSON type, checked before decoding so that a wrong
+/// type is reported with the key's name (serde's message has no path).
+fn check_types(value: &Value) -> Result<()> {
+    let Some(obj) = value.as_object() else {
+        return Err(err(
+            code::DECODE,
+            "network configuration must be a JSON object",
+        ));
+    };
+    let string = |v: &Value| v.is_string();
+    let int = |v: &Value| v.is_i64() || v.is_u64();
+    for (key, v) in obj {
+        if v.is_null() {
+            continue;
+        }
+        let (ok, want) = match key.as_str() {
+            "cniVersion" | "name" | "type" | "deviceID" | "master" | "lowerDevice" | "mode"
+            | "mac" | "stateDir" => (string(v), "a string"),
+            "linkInContainer" | "promiscMode" => (v.is_boolean(), "true or false"),
+            "mtu" | "owner" | "group" => (int(v), "an integer"),
+            "sourceMacs" => (
+                v.as_array().is_some_and(|a| a.iter().all(string)),
+                "a list of strings",
+            ),
+            "ipam" => (
+                v.as_object()
+                    .is_some_and(|o| o.get("type").is_some_and(string)),
+                "an object with a string \"type\"",
+            ),
+            "runtimeConfig" => (
+                v.as_object()
+                    .is_some_and(|o| o.get("mac").is_none_or(|m| m.is_null() || string(m))),
+                "an object (with a string \"mac\")",
+            ),
+            "prevResult" => (v.is_object(), "an object"),
+            "cni.dev/valid-attachments" => (
+                v.as_array().is_some_and(|a| {
+                    a.iter().all(|e| {
+                        e.get("containerID").is_some_and(string)
+                            && e.get("ifname").is_some_and(string)
+                    })
+                }),
+                "a list of {\"containerID\", \"ifname\"} strings",
+            ),
+            _ => (true, ""),
+        };
+        if !ok {
+            let shown: String = v.to_string().chars().take(80).collect();
+            return Err(err(
+                code::DECODE,
+                format!("{key} must be {want}, not {shown}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Decode and validate. `env` supplies CNI_ARGS (for `MAC=`).
     pub fn parse(value: Value, env: &Env) -> Result<Self> {
+        check_types(&value)?;
         let raw: RawConf = serde_json::from_value(value).map_err(|e| {
             err(
                 code::DECODE,

@@ -31,6 +31,12 @@ pub fn run(env: &Env, stdin: &[u8]) -> Outcome {
 }
 
 fn dispatch(env: &Env, stdin: &[u8], version: &mut String) -> Result<Option<Value>> {
+    if let Some(k) = env.not_utf8.first() {
+        return Err(err(
+            code::INVALID_ENVIRONMENT,
+            format!("{k} is not valid UTF-8"),
+        ));
+    }
     let command = Command::parse(&env.command)?;
     if command == Command::Version {
         let asked = if stdin.iter().all(u8::is_ascii_whitespace) {

@@ -104,12 +104,22 @@ pub struct Env {
     pub ifname: String,
     pub args: String,
     pub path: String,
+    /// CNI_* variables that are set but not UTF-8.
+    pub not_utf8: Vec<&'static str>,
 }
 
 impl Env {
     /// Read from the process environment.
     pub fn from_process() -> Self {
-        let var = |k| std::env::var(k).unwrap_or_default();
+        let mut not_utf8 = Vec::new();
+        let mut var = |k: &'static str| match std::env::var(k) {
+            Ok(v) => v,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                not_utf8.push(k);
+                String::new()
+            }
+            Err(std::env::VarError::NotPresent) => String::new(),
+        };
         Env {
             command: var("CNI_COMMAND"),
             container_id: var("CNI_CONTAINERID"),
@@ -117,6 +127,7 @@ impl Env {
             ifname: var("CNI_IFNAME"),
             args: var("CNI_ARGS"),
             path: var("CNI_PATH"),
+            not_utf8,
         }
     }
 

@@ -51,10 +51,28 @@ fn sweep_blocking(
     let Ok(_lock) = state.lock() else {
         return swept;
     };
-    for record in state.allocations().unwrap_or_default() {
-        if !in_use.contains(&record.device_id) && state.remove_allocation(&record.device_id).is_ok()
-        {
+    // By file name, not by content: a record that cannot be read must not
+    // stop the sweep, and a temporary file a crash left is litter.
+    let dir = state.root().join("allocations");
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let id = name
+            .strip_suffix(".json")
+            .or_else(|| name.rsplit_once(".tmp").map(|(id, _)| id))
+            .unwrap_or(&name);
+        if !in_use.contains(id) && remove_file_if_exists(&entry.path()).is_ok() {
             swept.records += 1;
+        }
+    }
+    // Temporary device nodes (`.<id>.<pid>.tmp`) a crash left.
+    for entry in std::fs::read_dir(state.root().join("dev"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let _ = remove_file_if_exists(&entry.path());
         }
     }
     for name in state.device_nodes().unwrap_or_default() {

@@ -47,7 +47,7 @@ impl FromStr for MacAddr {
         let mut parts = s.split(sep);
         for byte in &mut out {
             let part = parts.next().ok_or_else(malformed)?;
-            if part.len() != 2 {
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(malformed());
             }
             *byte = u8::from_str_radix(part, 16).map_err(|_| malformed())?;
