@@ -7,7 +7,9 @@ use macvtap_net::{
     make_device_node, tap_device_number, DeviceNumber, Link, MacAddr, MacvtapMode, MacvtapSpec,
     NetNs, Netlink, NodeInfo, RouteSpec, SysfsView,
 };
-use macvtap_state::{remove_file_if_exists, Attach, AttachmentRecord, ResolvedDevice};
+use macvtap_state::{
+    remove_file_if_exists, Attach, AttachmentRecord, NodeIdentity, ResolvedDevice,
+};
 use serde_json::{json, Value};
 
 use crate::config::{peek_version, Config, Source};
@@ -354,10 +356,7 @@ fn attach(
         ifindex: link.index,
         device_id: target.device.as_ref().map(|d| d.device_id.clone()),
         node_path: target.node_path.clone(),
-        node_inode: std::fs::symlink_metadata(&target.node_path).ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.ino()
-        }),
+        node_identity: NodeIdentity::of(&target.node_path).ok(),
         mac: mac.clone(),
     };
     undo.record = true;

@@ -247,21 +247,49 @@ pub struct AttachmentRecord {
     pub ifindex: u32,
     pub device_id: Option<String>,
     pub node_path: PathBuf,
-    /// Inode of the device node this attachment made. Device-plugin nodes
-    /// live at one path per deviceID, and a late DEL of a previous owner
-    /// must not remove the node a new owner made there.
-    #[serde(default)]
-    pub node_inode: Option<u64>,
+    /// Which file the device node this attachment made is. Device-plugin
+    /// nodes live at one path per deviceID, and a late DEL of a previous
+    /// owner must not remove the node a new owner made there.
+    #[serde(default, flatten)]
+    pub node_identity: Option<NodeIdentity>,
     pub mac: String,
+}
+
+/// A file's identity: inode numbers are reused once freed, so the device
+/// number and the change time (set by the rename that put the node in
+/// place, to the nanosecond) come with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeIdentity {
+    pub node_inode: u64,
+    pub node_rdev: u64,
+    pub node_ctime_ns: i64,
+}
+
+impl NodeIdentity {
+    /// The identity of the file at `path` (not following a symlink).
+    pub fn of(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::symlink_metadata(path)?;
+        Ok(NodeIdentity {
+            node_inode: meta.ino(),
+            node_rdev: meta.rdev(),
+            node_ctime_ns: meta
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.ctime_nsec()),
+        })
+    }
 }
 
 impl AttachmentRecord {
     /// Remove this attachment's device node if the file at its path is
     /// still the one it made. Missing is fine.
     pub fn remove_node(&self) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        match fs::symlink_metadata(&self.node_path) {
-            Ok(meta) if self.node_inode.is_none_or(|ino| ino == meta.ino()) => {
+        match NodeIdentity::of(&self.node_path) {
+            // A standalone node's path is this attachment's alone.
+            Ok(_) if self.device_id.is_none() => remove_file_if_exists(&self.node_path),
+            Ok(found) if self.node_identity.is_none_or(|made| made == found) => {
                 remove_file_if_exists(&self.node_path)
             }
             Ok(_) => Ok(()), // someone else's node now
@@ -591,6 +619,27 @@ mod tests {
         let mut cfg = config();
         cfg.resources[0].capacity = 0;
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn records_keep_the_node_identity_and_read_older_ones() {
+        let base = r#"{"network":"n","containerId":"c","ifname":"net1","netns":"/run/netns/p",
+            "ifindex":5,"deviceId":"d-1","nodePath":"/s/dev/d-1","mac":"02:00:00:00:00:01""#;
+        let old: AttachmentRecord =
+            serde_json::from_str(&format!("{base},\"nodeInode\":7}}")).unwrap();
+        assert_eq!(old.node_identity, None);
+        let new: AttachmentRecord = serde_json::from_str(&format!(
+            "{base},\"nodeInode\":7,\"nodeRdev\":63233,\"nodeCtimeNs\":1795000000123456789}}"
+        ))
+        .unwrap();
+        let id = new.node_identity.expect("identity");
+        assert_eq!(
+            (id.node_inode, id.node_rdev, id.node_ctime_ns),
+            (7, 63233, 1_795_000_000_123_456_789)
+        );
+        let again: AttachmentRecord =
+            serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(again, new);
     }
 
     #[test]
