@@ -1,6 +1,7 @@
 //! The device plugin's footprint and latencies, on the optimised build:
 //! time to register, RSS and threads with the kubelet's ListAndWatch
-//! streams open, and Allocate latency, at 1 resource x 50 devices and at
+//! streams open, Allocate latency, and how fast ListAndWatch reports a lost
+//! carrier and a deleted uplink, at 1 resource x 50 devices and at
 //! 16 resources x 1000 devices. Drives the real daemon with the tests'
 //! kubelet stand-in, in private namespaces. Run as root:
 //! `cargo bench -p macvtap-deviceplugin --bench footprint` (`MACVTAP_DP_BIN`
@@ -56,14 +57,36 @@ async fn measure(resources: usize, capacity: u32) {
     }
     times.sort();
     let rss_after = status_field(daemon.pid(), "VmRSS:");
+    // ListAndWatch reaction: the uplink's peer goes down (carrier loss,
+    // which the kernel itself reports up to a second later), then the
+    // uplink is deleted (reported at once). Timed from the command.
+    let (_, watch) = &watches[0];
+    let unhealthy = |d: &[Device]| d.iter().all(|d| d.health == "Unhealthy");
+    let healthy = |d: &[Device]| d.iter().all(|d| d.health == "Healthy");
+    let t = Instant::now();
+    world.lab.lan.ip_ok(&["link", "set", "lan0", "down"]);
+    watch
+        .wait_for("Unhealthy after carrier loss", SLOW, unhealthy)
+        .await;
+    let carrier_lost = t.elapsed();
+    world.lab.lan.ip_ok(&["link", "set", "lan0", "up"]);
+    watch.wait_for("Healthy again", SLOW, healthy).await;
+    let t = Instant::now();
+    world.lab.node.ip_ok(&["link", "del", LOWER]);
+    watch
+        .wait_for("Unhealthy after the uplink is deleted", SLOW, unhealthy)
+        .await;
+    let deleted = t.elapsed();
     println!(
-        "{resources:>2} x {capacity:<5} register {:>7.1} ms   RSS {:>6} KiB ({:>6} KiB after 50 Allocates)   threads {:>2}   Allocate p50 {:>6.2} ms  p90 {:>6.2} ms",
+        "{resources:>2} x {capacity:<5} register {:>7.1} ms   RSS {:>6} KiB ({:>6} KiB after 50 Allocates)   threads {:>2}   Allocate p50 {:>6.2} ms  p90 {:>6.2} ms   ListAndWatch Unhealthy after carrier loss {:>6.1} ms, after uplink deleted {:>5.1} ms",
         registered.as_secs_f64() * 1e3,
         rss,
         rss_after,
         threads,
         times[times.len() / 2].as_secs_f64() * 1e3,
         times[times.len() * 9 / 10].as_secs_f64() * 1e3,
+        carrier_lost.as_secs_f64() * 1e3,
+        deleted.as_secs_f64() * 1e3,
     );
     drop(watches);
 }
