@@ -84,7 +84,7 @@ impl From<macvtap_state::Error> for CniError {
                 code::INVALID_CONFIG
             }
             E::NotOffered { .. } => code::DEVICE_NOT_OFFERED,
-            E::Io { .. } | E::Corrupt { .. } => code::STATE_DIR,
+            E::Io { .. } | E::Corrupt { .. } | E::Untrusted { .. } => code::STATE_DIR,
         };
         CniError::new(c, e.to_string())
     }

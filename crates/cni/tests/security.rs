@@ -343,3 +343,33 @@ fn a_symlink_planted_at_the_node_path_is_replaced_not_followed() {
     assert_victim_untouched(&target, before, "DEL (standalone)");
     lab.assert_clean("DEL");
 }
+
+/// A state directory a non-root user could change is refused (code 106)
+/// before anything is made: a tenant's network configuration could point
+/// it at a directory their pod writes, full of forged records.
+#[test]
+fn a_state_dir_others_can_change_is_refused() {
+    let lab = lab("sec-untrusted-state");
+    let writable = lab.dir.path().join("shared");
+    fs::create_dir(&writable).expect("mkdir");
+    fs::set_permissions(&writable, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let owned = lab.dir.path().join("tenant");
+    fs::create_dir(&owned).expect("mkdir");
+    std::os::unix::fs::chown(&owned, Some(1000), Some(1000)).expect("chown");
+    for (dir, why) in [
+        (writable.join("state"), "lets others write"),
+        (owned.join("state"), "owned by uid 1000"),
+    ] {
+        let mut config = lab.config("1.0.0");
+        config["stateDir"] = json!(dir);
+        let out = lab.add(&config);
+        let err = out.error(106);
+        let msg = err["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains(why), "{}: {msg}", dir.display());
+        assert!(
+            lab.pod.macvtaps().is_empty(),
+            "a macvtap was made with {}",
+            dir.display()
+        );
+    }
+}

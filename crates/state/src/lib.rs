@@ -41,6 +41,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The state directory could be changed by someone other than root.
+    #[error("state directory {path}: {why}; it must be a directory that only root can change (and so must every directory above it)")]
+    Untrusted { path: PathBuf, why: String },
     /// A state file is not valid JSON of the expected shape.
     #[error("{path}: {source}")]
     Corrupt {
@@ -375,16 +378,51 @@ impl StateDir {
             .map_err(io_err("create directory", dir))
     }
 
-    /// Take the node-wide lock (blocking), creating the directory if needed.
+    /// Refuse a state directory that anyone but root could change, or that
+    /// sits below such a directory. The path can come from a network
+    /// configuration a namespace admin wrote; files in it decide which node
+    /// the plugin removes and which devices it hands out, so a writable one
+    /// would let a tenant steer a root process. World-writable directories
+    /// with the sticky bit (like /tmp) are accepted when root owns them.
+    pub fn verify_trusted(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let real = fs::canonicalize(&self.root).map_err(io_err("resolve", &self.root))?;
+        for dir in real.ancestors() {
+            let meta = fs::metadata(dir).map_err(io_err("stat", dir))?;
+            let untrusted = |why: String| Error::Untrusted {
+                path: dir.to_path_buf(),
+                why,
+            };
+            if !meta.is_dir() {
+                return Err(untrusted("not a directory".into()));
+            }
+            if meta.uid() != 0 {
+                return Err(untrusted(format!("owned by uid {}", meta.uid())));
+            }
+            let writable_by_others = meta.mode() & 0o022 != 0;
+            let sticky = meta.mode() & 0o1000 != 0;
+            if writable_by_others && !(sticky && dir != real) {
+                return Err(untrusted(format!(
+                    "mode {:o} lets others write",
+                    meta.mode() & 0o7777
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the node-wide lock (blocking), creating the directory if needed
+    /// and checking that only root can change it ([`StateDir::verify_trusted`]).
     pub fn lock(&self) -> Result<StateLock> {
         self.ensure_dir(&self.root)?;
+        self.verify_trusted()?;
         let path = self.root.join("lock");
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err("open", &path))?;
         // SAFETY: flock on an fd we own; the lock goes with the file.
@@ -533,11 +571,12 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| {
+        let _ = fs::remove_file(&tmp); // a leftover of a crashed writer
         let mut file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
         let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
