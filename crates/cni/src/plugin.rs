@@ -311,8 +311,20 @@ fn attach(
                 .as_ref()
                 .map(ResolvedDevice::host_link_name)
                 .unwrap_or_default();
+            let lower = host_nl
+                .link_by_name(&target.lower)
+                .map_err(kernel)?
+                .map(|l| l.index);
             let link = host_nl.link_by_name(&name).map_err(kernel)?;
-            let link = link.filter(|l| l.kind.as_deref() == Some("macvtap")).ok_or_else(|| {
+            // Only the link Allocate made: a macvtap with the promised ifindex
+            // on the resource's lower device, not any link of that name.
+            let link = link.filter(|l| {
+                l.kind.as_deref() == Some("macvtap")
+                    && Some(l.index) == target.ifindex
+                    && l.lower_index.is_some()
+                    && l.lower_index == lower
+            });
+            let link = link.ok_or_else(|| {
                 err(code::DEVICE_NOT_OFFERED, format!("the device plugin's macvtap {name:?} for this device does not exist in the host namespace"))
             })?;
             host_nl
@@ -344,8 +356,8 @@ fn attach(
     if let Some(dir) = target.node_path.parent() {
         cfg.state.ensure_dir(dir)?;
     }
-    undo.node = Some(target.node_path.clone());
     make_device_node(&target.node_path, dev, cfg.owner, cfg.group).map_err(kernel)?;
+    undo.node = Some(target.node_path.clone());
 
     let mac = link.mac.map(|m| m.to_string()).unwrap_or_default();
     let record = AttachmentRecord {
@@ -470,13 +482,23 @@ fn del(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     let ifname = env.require_ifname()?;
     let _lock = cfg.state.lock()?;
     let mut errors: Vec<CniError> = Vec::new();
-    let record = cfg
-        .state
-        .load_record(container_id, ifname)
-        .unwrap_or_else(|e| {
+    let record = match cfg.state.load_record(container_id, ifname) {
+        Ok(record) => record,
+        // Unreadable (a crash mid-write, a full disk): nothing in it can be
+        // trusted to name a link, so it only goes; IPAM is still released.
+        Err(macvtap_state::Error::Corrupt { path, source }) => {
+            eprintln!(
+                "macvtap: DEL: ignoring unreadable record {}: {source}",
+                path.display()
+            );
+            let _ = remove_file_if_exists(&path);
+            None
+        }
+        Err(e) => {
             errors.push(e.into());
             None
-        });
+        }
+    };
     if let Some(record) = &record {
         let netns = if env.netns.is_empty() {
             &record.netns
@@ -691,6 +713,7 @@ fn status(cfg: &Config, env: &Env) -> Result<()> {
                 .state
                 .load_config()
                 .map_err(|e| unavailable(e.to_string()))?;
+            node.validate().map_err(|e| unavailable(e.to_string()))?;
             node.resolve(&cfg.state, id)
                 .map_err(|e| unavailable(e.to_string()))?;
         }
@@ -705,7 +728,14 @@ fn status(cfg: &Config, env: &Env) -> Result<()> {
 }
 
 fn gc(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
-    let valid = cfg.valid_attachments.clone().unwrap_or_default();
+    // Without the list, "nothing is valid" would remove every attachment
+    // of the network on the node: refuse instead.
+    let valid = cfg.valid_attachments.clone().ok_or_else(|| {
+        err(
+            code::INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments (an empty list removes all)",
+        )
+    })?;
     let _lock = cfg.state.lock()?;
     let mut errors = Vec::new();
     for record in cfg.state.records()? {

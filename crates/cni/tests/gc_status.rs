@@ -130,3 +130,27 @@ fn gc_of_another_network_keeps_this_networks_attachments() {
     assert_attached(&lab, &lab.pod, &kept, POD_IFNAME, "bridge");
     lab.check(&config, &kept).success();
 }
+
+/// GC without `cni.dev/valid-attachments` (or with null) must not read as
+/// "nothing is valid": it is refused and every attachment stays.
+#[test]
+fn gc_without_the_valid_list_is_refused_and_removes_nothing() {
+    let lab = lab("gc-no-list");
+    let config = lab.config("1.1.0");
+    let kept = lab.add(&config).result();
+    for list in [None, Some(serde_json::Value::Null)] {
+        let mut gc = config.clone();
+        if let Some(v) = list {
+            gc["cni.dev/valid-attachments"] = v;
+        }
+        let out = lab
+            .plugin("GC", &gc)
+            .unset("CNI_CONTAINERID")
+            .unset("CNI_NETNS")
+            .unset("CNI_IFNAME")
+            .run();
+        out.error(7);
+        assert_attached(&lab, &lab.pod, &kept, POD_IFNAME, "bridge");
+    }
+    lab.check(&config, &kept).success();
+}

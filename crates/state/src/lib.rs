@@ -534,8 +534,9 @@ impl StateDir {
             };
             for file in files.flatten() {
                 let path = file.path();
+                // An unreadable record must not stop GC for the whole node.
                 if path.extension().is_some_and(|e| e == "json") {
-                    if let Some(record) = read_json(&path)? {
+                    if let Ok(Some(record)) = read_json(&path) {
                         out.push(record);
                     }
                 }
