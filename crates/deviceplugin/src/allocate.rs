@@ -97,6 +97,13 @@ impl Allocator {
                     }
                     let nl = netlink.as_mut().expect("opened above");
                     self.host_link(nl, resource, *ifindex, &node_path, undo)?;
+                } else {
+                    // No pod holds the device (the kubelet allocates only free
+                    // ones) and its CNI ADD has not run: a node here is a late
+                    // or missed DEL's, naming some other tap. The pod's ADD
+                    // makes the right one.
+                    macvtap_state::remove_file_if_exists(&node_path)
+                        .map_err(|e| Status::internal(e.to_string()))?;
                 }
                 self.state
                     .save_allocation(&AllocationRecord {

@@ -179,6 +179,15 @@ pub fn parse_kinds(s: &str) -> Result<BTreeSet<LinkKind>, ConfigError> {
         .collect()
 }
 
+/// Whether `name` can follow `macvtap.network.kubevirt.io/`: the kubelet
+/// wants a qualified name (letters, digits, `-`, `_`, `.`, starting and
+/// ending with a letter or digit; registration would fail forever
+/// otherwise), and `<name>-<index>` must fit its 63-character device IDs.
+pub fn valid_resource_name(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    is_safe_name(name) && name.len() <= 56 && name.starts_with(alnum) && name.ends_with(alnum)
+}
+
 /// Whether a name can be a Linux interface name.
 fn valid_ifname(name: &str) -> bool {
     !name.is_empty()
@@ -231,9 +240,8 @@ impl Config {
             if name.is_empty() {
                 return Err(bad("name is missing".into()));
             }
-            // "<name>-<index>" must fit the kubelet's 63-character device IDs.
-            if !is_safe_name(&name) || name.len() > 56 {
-                return Err(bad("name must be 1-56 letters, digits, '.', '_' or '-', not starting with '.' or '-'".into()));
+            if !valid_resource_name(&name) {
+                return Err(bad("name must be 1-56 letters, digits, '.', '_' or '-', starting and ending with a letter or digit".into()));
             }
             if resources.iter().any(|o| o.name == name) {
                 return Err(bad("defined twice".into()));
@@ -348,6 +356,8 @@ mod tests {
                 "twice",
             ),
             (r#"[{"name":"../x","lowerDevice":"a"}]"#, "name must"),
+            (r#"[{"name":"lan-","lowerDevice":"a"}]"#, "name must"),
+            (r#"[{"name":"_lan","lowerDevice":"a"}]"#, "name must"),
             (
                 r#"[{"name":"x","lowerDevice":"a","mtu":9000}]"#,
                 "unknown field",

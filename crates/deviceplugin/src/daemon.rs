@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use macvtap_state::{is_safe_name, Attach, NodeConfig, StateDir};
+use macvtap_state::{Attach, NodeConfig, StateDir};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::allocate::Allocator;
-use crate::config::{Config, LinkKind, ResourceConfig, DEFAULT_CAPACITY};
+use crate::config::{valid_resource_name, Config, LinkKind, ResourceConfig, DEFAULT_CAPACITY};
 use crate::kubelet::{register, watch_dir, DirEvent, Served, KUBELET_SOCKET};
 use crate::links::{watch_links, LinkTable};
 use crate::resource::{assign_bases, Counters, Resource};
@@ -84,7 +84,9 @@ fn discovered(links: &LinkTable, kinds: &BTreeSet<LinkKind>) -> Vec<ResourceConf
     links
         .iter()
         .filter(|l| {
-            l.kind.is_some_and(|k| kinds.contains(&k)) && !l.enslaved && is_safe_name(&l.name)
+            l.kind.is_some_and(|k| kinds.contains(&k))
+                && !l.enslaved
+                && valid_resource_name(&l.name)
         })
         .map(|l| ResourceConfig {
             name: l.name.clone(),
