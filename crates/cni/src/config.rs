@@ -190,6 +190,54 @@ fn check_types(value: &Value) -> Result<()> {
 
 impl Config {
     /// Decode and validate. `env` supplies CNI_ARGS (for `MAC=`).
+    /// For DEL: only what tearing down needs (name, stateDir, ipam). A
+    /// runtime may send DEL with a configuration ADD would refuse (Multus
+    /// cannot recover the deviceID once the pod is gone); the attachment's
+    /// record says what was made, so refusing would only leak it.
+    pub fn parse_for_teardown(value: Value) -> Result<Self> {
+        check_types(&value)?;
+        let raw: RawConf = serde_json::from_value(value).map_err(|e| {
+            err(
+                code::DECODE,
+                format!("cannot decode network configuration: {e}"),
+            )
+        })?;
+        let version = Version::parse(&raw.cni_version)?;
+        let name = raw
+            .name
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| invalid("name is missing"))?;
+        let state = StateDir::new(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR))?;
+        if let Some(ipam) = &raw.ipam {
+            if ipam.plugin.is_empty() || ipam.plugin.contains('/') || ipam.plugin.starts_with('.') {
+                return Err(invalid(format!(
+                    "ipam type {:?} is not a plugin name",
+                    ipam.plugin
+                )));
+            }
+        }
+        Ok(Config {
+            version,
+            name,
+            // Not used by DEL: the record names the link.
+            source: Source::Lower {
+                device: String::new(),
+                mode: MacvtapMode::Bridge,
+                source_macs: Vec::new(),
+            },
+            link_in_container: raw.link_in_container,
+            mtu: None,
+            promisc: false,
+            mac: None,
+            owner: DEFAULT_OWNER,
+            group: DEFAULT_OWNER,
+            state,
+            ipam: raw.ipam,
+            prev_result: None,
+            valid_attachments: raw.valid_attachments,
+        })
+    }
+
     pub fn parse(value: Value, env: &Env) -> Result<Self> {
         check_types(&value)?;
         let raw: RawConf = serde_json::from_value(value).map_err(|e| {

@@ -69,7 +69,17 @@ fn dispatch(env: &Env, stdin: &[u8], version: &mut String) -> Result<Option<Valu
             ),
         ));
     }
-    let cfg = Config::parse(value, env)?;
+    let cfg = match Config::parse(value.clone(), env) {
+        // DEL tears down what the record says; a value only ADD needs must
+        // not stop it (a decode error or a bad version still does).
+        Err(e)
+            if command == Command::Del
+                && matches!(e.code, code::INVALID_CONFIG | code::INVALID_ENVIRONMENT) =>
+        {
+            Config::parse_for_teardown(value)?
+        }
+        other => other?,
+    };
     match command {
         Command::Add => add(&cfg, env, stdin).map(Some),
         Command::Del => del(&cfg, env, stdin).map(|()| None),

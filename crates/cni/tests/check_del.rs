@@ -255,3 +255,24 @@ fn del_leaves_a_link_that_replaced_the_plugins_own() {
     assert_eq!(after.ifindex, theirs.ifindex);
     assert!(files_under(&lab.state_dir().join("pods")).is_empty());
 }
+
+/// A runtime may send DEL with a configuration ADD would refuse (Multus
+/// cannot recover the deviceID once the pod is gone): the record says
+/// what was made, so DEL still removes all of it.
+#[test]
+fn del_with_a_config_add_would_refuse_still_cleans_up() {
+    let lab = lab("del-lenient");
+    let config = lab.config("1.0.0");
+    lab.add(&config).result();
+    let mut bare = config.clone();
+    let obj = bare.as_object_mut().expect("object");
+    obj.remove("master");
+    obj.remove("lowerDevice");
+    obj.insert("mode".into(), serde_json::json!("nat"));
+    lab.plugin("DEL", &bare)
+        .args("MAC=01:00:00:00:00:01")
+        .run()
+        .success();
+    assert!(lab.pod.macvtaps().is_empty(), "DEL left the macvtap");
+    lab.assert_clean("DEL with a bare configuration");
+}
