@@ -208,6 +208,8 @@ struct Undo {
     node: Option<PathBuf>,
     record: bool,
     ipam: bool,
+    /// The deviceID this ADD claimed.
+    claim: Option<String>,
 }
 
 fn add(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<Value> {
@@ -262,6 +264,10 @@ fn attach(
     ipam: Option<&Ipam<'_>>,
 ) -> Result<Value> {
     let ifname = env.ifname.as_str();
+    if let Some(dev) = &target.device {
+        claim_device(cfg, env, &dev.device_id)?;
+        undo.claim = Some(dev.device_id.clone());
+    }
     match target.attach() {
         Attach::Pod => {
             let lower_nl = if cfg.link_in_container {
@@ -457,11 +463,48 @@ fn configure_addresses(nl: &mut Netlink, link: &Link, leased: &CniResult) -> Res
     Ok(())
 }
 
+/// A device-plugin device serves one pod at a time: refuse it while
+/// another attachment whose namespace still exists holds it. (The kubelet
+/// hands a device to one pod; a network configuration that names a deviceID
+/// itself must not take it from the pod that was given it.)
+fn claim_device(cfg: &Config, env: &Env, device_id: &str) -> Result<()> {
+    if let Some(held) = cfg.state.load_claim(device_id) {
+        let other = held.container_id != env.container_id || held.ifname != env.ifname;
+        let alive = other
+            && NetNs::open(&held.netns).is_ok()
+            && cfg
+                .state
+                .load_record(&held.container_id, &held.ifname)
+                .ok()
+                .flatten()
+                .is_some();
+        if alive {
+            return Err(err(
+                code::DEVICE_NOT_OFFERED,
+                format!(
+                    "device {device_id:?} is attached to container {} ({}) in {}",
+                    held.container_id, held.ifname, held.netns
+                ),
+            ));
+        }
+    }
+    let claim = macvtap_state::Claim {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        netns: env.netns.clone(),
+    };
+    cfg.state.save_claim(device_id, &claim)?;
+    Ok(())
+}
+
 fn rollback(cfg: &Config, env: &Env, pod: &mut Pod, undo: Undo, ipam: Option<&Ipam<'_>>) {
     if undo.ipam {
         if let Some(ipam) = ipam {
             let _ = ipam.exec("DEL", &[]);
         }
+    }
+    if let Some(id) = &undo.claim {
+        let _ = cfg.state.release_claim(id, &env.container_id, &env.ifname);
     }
     if undo.record {
         let _ = cfg.state.remove_record(&env.container_id, &env.ifname);
@@ -520,6 +563,11 @@ fn del(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
         }
         if let Err(e) = record.remove_node() {
             errors.push(e.into());
+        }
+        if let Some(id) = &record.device_id {
+            if let Err(e) = cfg.state.release_claim(id, container_id, ifname) {
+                errors.push(e.into());
+            }
         }
     }
     if let Some(i) = &cfg.ipam {
@@ -764,6 +812,11 @@ fn gc(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
         if let Err(e) = record.remove_node() {
             errors.push(e.into());
             failed = true;
+        }
+        if let Some(id) = &record.device_id {
+            let _ = cfg
+                .state
+                .release_claim(id, &record.container_id, &record.ifname);
         }
         if let Some(i) = &cfg.ipam {
             let ipam = Ipam::new(&i.plugin, &env.path, stdin);

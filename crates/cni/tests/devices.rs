@@ -411,3 +411,41 @@ fn attach_host_applies_the_configured_mac_and_mtu() {
     assert_eq!(link.mtu, 1400);
     assert_eq!(link.ifindex, 4098);
 }
+
+/// A device serves one pod at a time: while the pod that holds it lives, a
+/// configuration naming the same deviceID for another pod is refused (102)
+/// and changes nothing; once the holder's DEL ran, the device is free.
+#[test]
+fn a_device_held_by_a_live_pod_is_refused_to_another() {
+    let lab = lab("dp-held");
+    let state = lab.state_dir();
+    write_resources(&state, &[Resource::new("dataplane", LOWER, 4, BASE)]);
+    let config = dp_config(&state, "dataplane-1");
+    let r1 = lab.add(&config).result();
+    let l1 = assert_attached(&lab, &lab.pod, &r1, POD_IFNAME, "bridge");
+    let node = dev_node(&state, "dataplane-1");
+
+    let pod2 = lab.netns("pod2");
+    let cid2 = lab.other_container_id("thief");
+    let second = |lab: &Lab| {
+        lab.plugin("ADD", &config)
+            .container_id(&cid2)
+            .netns(pod2.path())
+            .run()
+    };
+    let refused = second(&lab).error(102);
+    assert!(
+        refused["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&lab.container_id),
+        "the error should name the holder: {refused}"
+    );
+    assert!(pod2.macvtaps().is_empty(), "the refused ADD made a link");
+    lab.assert_device_node(&node, &lab.pod, &l1, 107, 107);
+
+    lab.del(&config).success();
+    let r2 = second(&lab).result();
+    let l2 = assert_attached(&lab, &pod2, &r2, POD_IFNAME, "bridge");
+    lab.assert_device_node(&node, &pod2, &l2, 107, 107);
+}

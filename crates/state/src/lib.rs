@@ -317,6 +317,15 @@ pub struct AllocationRecord {
     pub allocated_at: u64,
 }
 
+/// Which attachment holds a device-plugin device: one pod at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -516,6 +525,29 @@ impl StateDir {
                 .collect()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(io_err("read", &dir)(e)),
+        }
+    }
+
+    pub fn claim_path(&self, device_id: &str) -> PathBuf {
+        self.root.join("claims").join(format!("{device_id}.json"))
+    }
+
+    /// Who holds `device_id`, if anyone recorded it. Unreadable counts as
+    /// nobody: a claim is re-checked against its attachment anyway.
+    pub fn load_claim(&self, device_id: &str) -> Option<Claim> {
+        read_json(&self.claim_path(device_id)).ok().flatten()
+    }
+
+    pub fn save_claim(&self, device_id: &str, claim: &Claim) -> Result<()> {
+        self.ensure_dir(&self.root.join("claims"))?;
+        write_json(&self.claim_path(device_id), claim, false)
+    }
+
+    /// Drop the claim on `device_id` if this attachment holds it.
+    pub fn release_claim(&self, device_id: &str, container_id: &str, ifname: &str) -> Result<()> {
+        match self.load_claim(device_id) {
+            Some(c) if c.container_id != container_id || c.ifname != ifname => Ok(()),
+            _ => remove_file_if_exists(&self.claim_path(device_id)),
         }
     }
 
