@@ -56,6 +56,10 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// A watcher thread stopped: the daemon can no longer follow the
+    /// kubelet or the links; exiting lets the DaemonSet restart it.
+    #[error("{0}")]
+    Watch(String),
     /// Signal handlers cannot be installed.
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
@@ -274,25 +278,50 @@ pub async fn run(config: Config, paths: Paths) -> Result<(), DaemonError> {
         tokio::spawn(metrics::serve(listener, daemon.shared.clone()));
     }
 
+    // Whatever ends the loop, the sockets go: an error exit must not leave
+    // the kubelet dialing a dead plugin.
+    let result = serve_until_signal(
+        &mut daemon,
+        &mut sigterm,
+        &mut sigint,
+        &mut dir_events,
+        &mut links,
+    )
+    .await;
+    daemon.stop();
+    match &result {
+        Ok(()) => tracing::info!("stopped; sockets removed"),
+        Err(e) => tracing::error!("stopping on error, sockets removed: {e}"),
+    }
+    result
+}
+
+async fn serve_until_signal(
+    daemon: &mut Daemon,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+    dir_events: &mut tokio::sync::mpsc::UnboundedReceiver<DirEvent>,
+    links: &mut tokio::sync::watch::Receiver<Arc<LinkTable>>,
+) -> Result<(), DaemonError> {
     loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            Some(event) = dir_events.recv() => match event {
-                DirEvent::KubeletStarted => {
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+            event = dir_events.recv() => match event {
+                None => return Err(DaemonError::Watch("the device-plugin directory watcher stopped".into())),
+                Some(DirEvent::KubeletStarted) => {
                     tracing::info!("kubelet.sock created: the kubelet (re)started; serving and registering again");
                     daemon.kubelet_restarted().await?;
                 }
-                DirEvent::Deleted(name) => {
-                    if daemon.served.values().any(|_| daemon.resources.values().any(|r| r.socket_name() == name)) {
+                Some(DirEvent::Deleted(name)) => {
+                    if daemon.resources.values().any(|r| r.socket_name() == name) {
                         tracing::info!("socket {name} was removed (kubelet restart?)");
                     }
                 }
             },
             changed = links.changed() => {
                 if changed.is_err() {
-                    tracing::error!("the link watcher stopped");
-                    break;
+                    return Err(DaemonError::Watch("the link watcher stopped".into()));
                 }
                 let table = links.borrow_and_update().clone();
                 for resource in daemon.resources.values() {
@@ -314,7 +343,4 @@ pub async fn run(config: Config, paths: Paths) -> Result<(), DaemonError> {
             }
         }
     }
-    daemon.stop();
-    tracing::info!("stopped; sockets removed");
-    Ok(())
 }
