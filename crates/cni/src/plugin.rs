@@ -268,7 +268,22 @@ fn attach(
         claim_device(cfg, env, &dev.device_id)?;
         undo.claim = Some(dev.device_id.clone());
     }
-    match target.attach() {
+    // attach: host whose link is gone (a reboot, a re-created sandbox: the
+    // kubelet reuses its checkpointed allocation without calling Allocate,
+    // and the moved link died with the old pod) is served like attach: pod,
+    // from resources.json alone, as DESIGN.md's reboot rule asks.
+    let mut how = target.attach();
+    if how == Attach::Host {
+        let name = target
+            .device
+            .as_ref()
+            .map(ResolvedDevice::host_link_name)
+            .unwrap_or_default();
+        if host_nl.link_by_name(&name).map_err(kernel)?.is_none() {
+            how = Attach::Pod;
+        }
+    }
+    match how {
         Attach::Pod => {
             let lower_nl = if cfg.link_in_container {
                 &mut pod.nl

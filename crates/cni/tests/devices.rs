@@ -141,23 +141,30 @@ fn attach_host_moves_the_device_plugins_link_into_the_pod() {
 }
 
 #[test]
-fn attach_host_without_the_device_plugins_link_is_refused_with_102() {
+fn attach_host_without_the_device_plugins_link_creates_it_in_the_pod() {
+    // After a reboot (or a re-created sandbox) the kubelet reuses its
+    // checkpointed allocation without calling Allocate, and the link the
+    // device plugin once made died with the old pod: the deviceID and
+    // resources.json alone must still attach, directly inside the pod.
     let lab = lab("dp-attach-host-missing");
     let state = lab.state_dir();
     write_resources(
         &state,
         &[Resource::new("dataplane", LOWER, 8, BASE).attach("host")],
     );
-    let plugin = lab.plugin("ADD", &dp_config(&state, "dataplane-4"));
-    let mut failures = Vec::new();
-    expect_refused(
-        &lab,
-        "attach host, no mvtap link",
-        &plugin,
-        &[102],
-        &mut failures,
+    let config = dp_config(&state, "dataplane-4");
+    let result = lab.add(&config).result();
+    let link = assert_attached(&lab, &lab.pod, &result, POD_IFNAME, "bridge");
+    assert_eq!(
+        link.ifindex,
+        u64::from(BASE) + 4,
+        "promised ifindex: {}",
+        link.json
     );
-    assert_no_failures(&failures);
+    assert!(lab.node.macvtaps().is_empty(), "a macvtap appeared in NODE");
+    lab.assert_device_node(&dev_node(&state, "dataplane-4"), &lab.pod, &link, 107, 107);
+    lab.del(&config).success();
+    lab.assert_clean("DEL");
 }
 
 /// Asserts the two links share an ifindex (so both want the same
