@@ -13,10 +13,9 @@ use macvtap_net::{MacAddr, NodeInfo};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::cni::Attachment;
 use super::daemon::{Daemon, DaemonPaths};
 use super::kubelet::{Allocation, Event, KubeletStandIn};
-use super::{check_signal, ms, LabError, Made, Say, Timings, POD_IF, UPLINK};
+use super::{check_signal, ms, CniCall, LabError, Made, Say, Timings, POD_IF, UPLINK};
 use crate::iface::InterfaceInfo;
 use crate::links;
 use crate::scope::Scope;
@@ -196,23 +195,14 @@ pub fn attach(
         "   CNI_IFNAME={POD_IF} CNI_ARGS={cni_args}, from {}",
         node.name().unwrap_or("the node")
     ));
-    let env = vec![
-        ("CNI_CONTAINERID", sandbox_id.to_string()),
-        ("CNI_NETNS", pod.path().display().to_string()),
-        ("CNI_IFNAME", POD_IF.to_string()),
-        ("CNI_ARGS", cni_args.clone()),
-    ];
-    let (attachment, result, took) = Attachment::add(plugin, node.path(), env, &config)?;
-    made.attachment = Some(attachment);
-    timings.cni_add_ms = ms(took);
-    say.line(format!(
-        "   took {:.1} ms (process start included); result: {}",
-        ms(took),
-        result
-            .get("interfaces")
-            .map(|i| i.to_string())
-            .unwrap_or_default()
-    ));
+    let cni = CniCall {
+        plugin,
+        node,
+        pod,
+        container_id: sandbox_id,
+        args: cni_args.clone(),
+    };
+    cni.add(&config, say, made, timings)?;
     check_signal()?;
 
     // The pod got what the DeviceSpec promised.

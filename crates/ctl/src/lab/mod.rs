@@ -779,6 +779,47 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     Ok(report)
 }
 
+/// One CNI ADD of the lab's pod, from the node namespace.
+struct CniCall<'a> {
+    plugin: &'a Path,
+    node: &'a Scope,
+    pod: &'a Scope,
+    container_id: &'a str,
+    args: String,
+}
+
+impl CniCall<'_> {
+    /// Run the ADD, keep the attachment for cleanup (CNI DEL), and record
+    /// and show its time.
+    fn add(
+        &self,
+        config: &serde_json::Value,
+        say: Say,
+        made: &mut Made,
+        timings: &mut Timings,
+    ) -> Result<(), LabError> {
+        let env = vec![
+            ("CNI_CONTAINERID", self.container_id.to_string()),
+            ("CNI_NETNS", self.pod.path().display().to_string()),
+            ("CNI_IFNAME", POD_IF.to_string()),
+            ("CNI_ARGS", self.args.clone()),
+        ];
+        let (attachment, result, took) =
+            Attachment::add(self.plugin, self.node.path(), env, config)?;
+        made.attachment = Some(attachment);
+        timings.cni_add_ms = ms(took);
+        let interfaces = result
+            .get("interfaces")
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        say.line(format!(
+            "   took {:.1} ms (process start included); result: {interfaces}",
+            ms(took)
+        ));
+        Ok(())
+    }
+}
+
 /// The CNI plugin alone (standalone mode on the uplink), as Multus would
 /// run it for a NAD with `master`; returns the pod's interface, the
 /// plugin's device node and whether it is the interface's device.
@@ -810,23 +851,14 @@ fn attach_standalone(
         plugin.display(),
         node_name
     ));
-    let env = vec![
-        ("CNI_CONTAINERID", tag.to_string()),
-        ("CNI_NETNS", pod.path().display().to_string()),
-        ("CNI_IFNAME", POD_IF.to_string()),
-        ("CNI_ARGS", format!("IgnoreUnknown=1;MAC={mac}")),
-    ];
-    let (attachment, result, took) = Attachment::add(plugin, node.path(), env, &config)?;
-    made.attachment = Some(attachment);
-    timings.cni_add_ms = ms(took);
-    say.line(format!(
-        "   took {:.1} ms (process start included); result: {}",
-        ms(took),
-        result
-            .get("interfaces")
-            .map(|i| i.to_string())
-            .unwrap_or_default()
-    ));
+    let cni = CniCall {
+        plugin,
+        node,
+        pod,
+        container_id: tag,
+        args: format!("IgnoreUnknown=1;MAC={mac}"),
+    };
+    cni.add(&config, say, made, timings)?;
     let info = links::show(pod, POD_IF)?;
     if info.mac.as_deref() != Some(&mac.to_string()) {
         return Err(LabError::Check {
