@@ -188,34 +188,57 @@ fn check_types(value: &Value) -> Result<()> {
     Ok(())
 }
 
+/// What every command needs from a configuration, decoded and checked.
+struct Decoded {
+    raw: RawConf,
+    version: Version,
+    name: String,
+    state: StateDir,
+}
+
+fn decode(value: Value) -> Result<Decoded> {
+    check_types(&value)?;
+    let raw: RawConf = serde_json::from_value(value).map_err(|e| {
+        err(
+            code::DECODE,
+            format!("cannot decode network configuration: {e}"),
+        )
+    })?;
+    let version = Version::parse(&raw.cni_version)?;
+    let name = raw
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid("name is missing"))?;
+    let state = StateDir::new(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR))?;
+    if let Some(ipam) = &raw.ipam {
+        if ipam.plugin.is_empty() || ipam.plugin.contains('/') || ipam.plugin.starts_with('.') {
+            return Err(invalid(format!(
+                "ipam type {:?} is not a plugin name",
+                ipam.plugin
+            )));
+        }
+    }
+    Ok(Decoded {
+        raw,
+        version,
+        name,
+        state,
+    })
+}
+
 impl Config {
-    /// Decode and validate. `env` supplies CNI_ARGS (for `MAC=`).
     /// For DEL: only what tearing down needs (name, stateDir, ipam). A
     /// runtime may send DEL with a configuration ADD would refuse (Multus
     /// cannot recover the deviceID once the pod is gone); the attachment's
     /// record says what was made, so refusing would only leak it.
     pub fn parse_for_teardown(value: Value) -> Result<Self> {
-        check_types(&value)?;
-        let raw: RawConf = serde_json::from_value(value).map_err(|e| {
-            err(
-                code::DECODE,
-                format!("cannot decode network configuration: {e}"),
-            )
-        })?;
-        let version = Version::parse(&raw.cni_version)?;
-        let name = raw
-            .name
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| invalid("name is missing"))?;
-        let state = StateDir::new(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR))?;
-        if let Some(ipam) = &raw.ipam {
-            if ipam.plugin.is_empty() || ipam.plugin.contains('/') || ipam.plugin.starts_with('.') {
-                return Err(invalid(format!(
-                    "ipam type {:?} is not a plugin name",
-                    ipam.plugin
-                )));
-            }
-        }
+        let Decoded {
+            raw,
+            version,
+            name,
+            state,
+        } = decode(value)?;
         Ok(Config {
             version,
             name,
@@ -238,19 +261,14 @@ impl Config {
         })
     }
 
+    /// Decode and validate. `env` supplies CNI_ARGS (for `MAC=`).
     pub fn parse(value: Value, env: &Env) -> Result<Self> {
-        check_types(&value)?;
-        let raw: RawConf = serde_json::from_value(value).map_err(|e| {
-            err(
-                code::DECODE,
-                format!("cannot decode network configuration: {e}"),
-            )
-        })?;
-        let version = Version::parse(&raw.cni_version)?;
-        let name = raw
-            .name
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| invalid("name is missing"))?;
+        let Decoded {
+            raw,
+            version,
+            name,
+            state,
+        } = decode(value)?;
 
         let lower = match (raw.master, raw.lower_device) {
             (Some(a), Some(b)) if a != b => {
@@ -327,15 +345,6 @@ impl Config {
             None
         };
 
-        let state = StateDir::new(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR))?;
-        if let Some(ipam) = &raw.ipam {
-            if ipam.plugin.is_empty() || ipam.plugin.contains('/') || ipam.plugin.starts_with('.') {
-                return Err(invalid(format!(
-                    "ipam type {:?} is not a plugin name",
-                    ipam.plugin
-                )));
-            }
-        }
         Ok(Config {
             version,
             name,

@@ -18,6 +18,9 @@ pub struct Ipam<'a> {
     config: &'a [u8],
     /// What the IPAM plugin gets on stdin (see [`Ipam::negotiated_config`]).
     negotiated: std::cell::OnceCell<Vec<u8>>,
+    /// Where the plugin is, once found: ADD, a rollback's DEL and the
+    /// VERSION query all run it; CNI_PATH is searched once.
+    binary: std::cell::OnceCell<PathBuf>,
 }
 
 impl<'a> Ipam<'a> {
@@ -27,6 +30,7 @@ impl<'a> Ipam<'a> {
             cni_path,
             config,
             negotiated: std::cell::OnceCell::new(),
+            binary: std::cell::OnceCell::new(),
         }
     }
 
@@ -59,13 +63,17 @@ impl<'a> Ipam<'a> {
 
     /// Where the plugin binary is, searching `CNI_PATH` in order.
     pub fn find(&self) -> Result<PathBuf> {
+        if let Some(found) = self.binary.get() {
+            return Ok(found.clone());
+        }
         if self.cni_path.is_empty() {
             return Err(err(
                 code::INVALID_ENVIRONMENT,
                 "CNI_PATH is not set (needed to find the IPAM plugin)",
             ));
         }
-        self.cni_path
+        let found = self
+            .cni_path
             .split(':')
             .filter(|d| !d.is_empty())
             .map(|d| PathBuf::from(d).join(self.plugin))
@@ -78,7 +86,8 @@ impl<'a> Ipam<'a> {
                         self.plugin, self.cni_path
                     ),
                 )
-            })
+            })?;
+        Ok(self.binary.get_or_init(|| found).clone())
     }
 
     /// Run `command` (ADD, DEL, CHECK, ...). `overrides` replace CNI_*

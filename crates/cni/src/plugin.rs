@@ -272,19 +272,13 @@ fn attach(
     // kubelet reuses its checkpointed allocation without calling Allocate,
     // and the moved link died with the old pod) is served like attach: pod,
     // from resources.json alone, as DESIGN.md's reboot rule asks.
-    let mut how = target.attach();
-    if how == Attach::Host {
-        let name = target
-            .device
-            .as_ref()
-            .map(ResolvedDevice::host_link_name)
-            .unwrap_or_default();
-        if host_nl.link_by_name(&name).map_err(kernel)?.is_none() {
-            how = Attach::Pod;
-        }
-    }
-    match how {
-        Attach::Pod => {
+    let host_name = target.device.as_ref().map(ResolvedDevice::host_link_name);
+    let host_link = match (target.attach(), &host_name) {
+        (Attach::Host, Some(name)) => host_nl.link_by_name(name).map_err(kernel)?,
+        _ => None,
+    };
+    match host_link {
+        None => {
             let lower_nl = if cfg.link_in_container {
                 &mut pod.nl
             } else {
@@ -336,28 +330,24 @@ fn attach(
                 });
             }
         }
-        Attach::Host => {
-            let name = target
-                .device
-                .as_ref()
-                .map(ResolvedDevice::host_link_name)
-                .unwrap_or_default();
+        Some(link) => {
+            let name = host_name.unwrap_or_default();
             let lower = host_nl
                 .link_by_name(&target.lower)
                 .map_err(kernel)?
                 .map(|l| l.index);
-            let link = host_nl.link_by_name(&name).map_err(kernel)?;
             // Only the link Allocate made: a macvtap with the promised ifindex
             // on the resource's lower device, not any link of that name.
-            let link = link.filter(|l| {
-                l.kind.as_deref() == Some("macvtap")
-                    && Some(l.index) == target.ifindex
-                    && l.lower_index.is_some()
-                    && l.lower_index == lower
-            });
-            let link = link.ok_or_else(|| {
-                err(code::DEVICE_NOT_OFFERED, format!("the device plugin's macvtap {name:?} for this device does not exist in the host namespace"))
-            })?;
+            let ours = link.kind.as_deref() == Some("macvtap")
+                && Some(link.index) == target.ifindex
+                && link.lower_index.is_some()
+                && link.lower_index == lower;
+            if !ours {
+                return Err(err(
+                    code::DEVICE_NOT_OFFERED,
+                    format!("the host's link {name:?} is not the device plugin's macvtap for this device"),
+                ));
+            }
             host_nl
                 .move_link(link.index, pod.ns.raw_fd(), ifname)
                 .map_err(kernel)?;
