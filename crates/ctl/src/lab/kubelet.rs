@@ -18,7 +18,6 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use macvtap_deviceplugin::proto::deviceplugin::device_plugin_client::DevicePluginClient;
 use macvtap_deviceplugin::proto::deviceplugin::registration_server::{
     Registration, RegistrationServer,
@@ -28,10 +27,9 @@ use macvtap_deviceplugin::proto::deviceplugin::{
     ContainerPreferredAllocationRequest, Device, DevicePluginOptions, Empty,
     PreferredAllocationRequest, RegisterRequest,
 };
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
 /// The kubelet's socket in the device-plugin directory.
@@ -264,15 +262,9 @@ impl RegistrationService {
 
 /// A DevicePlugin client over the unix socket at `path`.
 async fn connect(path: &Path) -> Result<DevicePluginClient<Channel>, tonic::transport::Error> {
-    let path = path.to_path_buf();
-    // The URI is required by the API and ignored by the connector.
-    let channel = Endpoint::from_static("http://[::]:0")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await?;
-    Ok(DevicePluginClient::new(channel))
+    Ok(DevicePluginClient::new(
+        macvtap_deviceplugin::kubelet::connect_unix(path).await?,
+    ))
 }
 
 /// The stand-in's whole life: serve Registration, drive the first plugin

@@ -293,14 +293,9 @@ pub fn sockets_in(dir: &Path) -> Vec<PathBuf> {
 
 /// A DevicePlugin client over the unix socket at `path` (connects now).
 pub async fn connect(path: &Path) -> Result<DevicePluginClient<Channel>, tonic::transport::Error> {
-    let path = path.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await?;
-    Ok(DevicePluginClient::new(channel))
+    Ok(DevicePluginClient::new(
+        macvtap_deviceplugin::kubelet::connect_unix(path).await?,
+    ))
 }
 
 /// Like [`connect`], panicking with the socket path on failure.

@@ -19,12 +19,7 @@ pub type Cri = RuntimeServiceClient<Channel>;
 
 /// Connects to the CRI socket at `path`.
 pub async fn connect(path: &Path) -> Result<Cri, tonic::transport::Error> {
-    let path = path.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(RuntimeServiceClient::new(
+        macvtap_deviceplugin::kubelet::connect_unix(path).await?,
+    ))
 }
