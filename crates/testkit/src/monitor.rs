@@ -15,7 +15,8 @@ use crate::netns::Netns;
 #[derive(Debug)]
 pub struct LinkMonitor {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    /// Each event line with the time it was read.
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
     ns: String,
 }
 
@@ -33,7 +34,9 @@ impl LinkMonitor {
         let sink = Arc::clone(&lines);
         thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().expect("monitor lines").push(line);
+                sink.lock()
+                    .expect("monitor lines")
+                    .push((Instant::now(), line));
             }
         });
         let monitor = LinkMonitor {
@@ -91,7 +94,23 @@ impl LinkMonitor {
 
     /// Every event line so far.
     pub fn lines(&self) -> Vec<String> {
+        self.timed_lines().into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// Every event line so far, with the time it was read.
+    pub fn timed_lines(&self) -> Vec<(Instant, String)> {
         self.lines.lock().expect("monitor lines").clone()
+    }
+
+    /// The first event read at or after `since` whose line satisfies `pred`.
+    pub fn first_after(
+        &self,
+        since: Instant,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<(Instant, String)> {
+        self.timed_lines()
+            .into_iter()
+            .find(|(t, l)| *t >= since && pred(l))
     }
 }
 

@@ -2,61 +2,22 @@
 //! link change, so the daemon's reaction can be told apart from the
 //! kernel's own delay (linkwatch batches carrier changes up to a second).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use macvtap_testkit::Netns;
+use macvtap_testkit::{LinkMonitor, Netns};
 
+/// The testkit's link monitor, waited on from async tests.
 #[derive(Debug)]
-pub struct TimedMonitor {
-    child: Child,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-}
+pub struct TimedMonitor(LinkMonitor);
 
 impl TimedMonitor {
-    /// Watches `ns`; returns once a marker event (a short-lived veth pair
-    /// `mvsyncN`, so not for discovery tests) has been seen: the monitor is
-    /// live.
+    /// Watches `ns`; returns once it is live.
     pub fn start(ns: &Netns) -> TimedMonitor {
-        let mut child = Command::new("ip")
-            .args(["-n", ns.name(), "-o", "monitor", "link"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ip monitor");
-        let out = child.stdout.take().expect("piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock()
-                    .expect("monitor lines")
-                    .push((Instant::now(), line));
-            }
-        });
-        let m = TimedMonitor { child, lines };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut n = 0;
-        loop {
-            n += 1;
-            let marker = format!("mvsync{n}");
-            ns.ip_cmd(&format!("link add {marker} type veth peer name {marker}p"));
-            ns.ip_cmd(&format!("link del {marker}"));
-            let until = Instant::now() + Duration::from_millis(200);
-            while Instant::now() < until {
-                if m.lines().iter().any(|(_, l)| l.contains(&marker)) {
-                    return m;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            assert!(Instant::now() < deadline, "ip monitor never saw {marker}");
-        }
+        TimedMonitor(LinkMonitor::start(ns))
     }
 
     pub fn lines(&self) -> Vec<(Instant, String)> {
-        self.lines.lock().expect("monitor lines").clone()
+        self.0.timed_lines()
     }
 
     /// The time of the first event after `since` whose line satisfies
@@ -69,11 +30,7 @@ impl TimedMonitor {
     ) -> Option<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(e) = self
-                .lines()
-                .into_iter()
-                .find(|(t, l)| *t >= since && pred(l))
-            {
+            if let Some(e) = self.0.first_after(since, &pred) {
                 return Some(e);
             }
             if Instant::now() >= deadline {
@@ -118,11 +75,4 @@ pub fn deleted(line: &str, dev: &str) -> bool {
 /// The line is about `dev` (`N: dev@peer: ...` or `N: dev: ...`).
 pub fn names(line: &str, dev: &str) -> bool {
     line.contains(&format!(": {dev}@")) || line.contains(&format!(": {dev}:"))
-}
-
-impl Drop for TimedMonitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
