@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// macvtap queues are opened with IFF_VNET_HDR: every frame is preceded by
-/// a 10-byte `struct virtio_net_hdr`.
-const VNET_HDR: usize = 10;
+use macvtap_net::frames::{self, request, Request, VNET_HDR_LEN};
+use macvtap_net::MacAddr;
 
 /// What the responder saw and did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +53,7 @@ impl Responder {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let thread = {
             let (stop, answer, seen) = (stop.clone(), answer.clone(), seen.clone());
-            std::thread::spawn(move || serve(tap, mac, ip.octets(), &stop, &answer, &seen))
+            std::thread::spawn(move || serve(tap, MacAddr(mac), ip, &stop, &answer, &seen))
         };
         Responder {
             stop,
@@ -84,13 +83,13 @@ impl Drop for Responder {
 
 fn serve(
     mut tap: File,
-    mac: [u8; 6],
-    ip: [u8; 4],
+    mac: MacAddr,
+    ip: Ipv4Addr,
     stop: &AtomicBool,
     answer: &AtomicBool,
     seen: &Mutex<Seen>,
 ) {
-    let mut buf = vec![0u8; 65536 + VNET_HDR];
+    let mut buf = vec![0u8; 65536 + VNET_HDR_LEN];
     while !stop.load(Ordering::SeqCst) {
         let mut pfd = libc::pollfd {
             fd: tap.as_raw_fd(),
@@ -107,103 +106,31 @@ fn serve(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return,
         };
-        if n <= VNET_HDR {
+        if n <= VNET_HDR_LEN {
             continue;
         }
-        let frame = &buf[VNET_HDR..n];
-        let kind = classify(frame, ip);
+        let frame = &buf[VNET_HDR_LEN..n];
+        let kind = request(frame, ip);
         {
             let mut s = seen.lock().expect("responder stats");
             s.frames += 1;
             match kind {
-                Some(Kind::Arp) => s.arp_requests += 1,
-                Some(Kind::Echo) => s.echo_requests += 1,
+                Some(Request::Arp) => s.arp_requests += 1,
+                Some(Request::Echo) => s.echo_requests += 1,
                 None => {}
             }
         }
         if kind.is_none() || !answer.load(Ordering::SeqCst) {
             continue;
         }
-        if let Some(reply) = reply(frame, mac, ip) {
-            let mut out = vec![0u8; VNET_HDR];
+        if let Some(reply) = frames::answer(frame, mac, ip) {
+            let mut out = vec![0u8; VNET_HDR_LEN];
             out.extend_from_slice(&reply);
             if tap.write_all(&out).is_ok() {
                 seen.lock().expect("responder stats").replies += 1;
             }
         }
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Arp,
-    Echo,
-}
-
-fn classify(f: &[u8], ip: [u8; 4]) -> Option<Kind> {
-    if f.len() < 14 {
-        return None;
-    }
-    match u16::from_be_bytes([f[12], f[13]]) {
-        // ARP request (op 1) whose target protocol address is ours.
-        0x0806 if f.len() >= 42 && f[20..22] == [0, 1] && f[38..42] == ip => Some(Kind::Arp),
-        // IPv4, ICMP (protocol 1), to us, echo request (type 8).
-        0x0800 if f.len() >= 34 => {
-            let ihl = usize::from(f[14] & 0x0f) * 4;
-            (f[23] == 1 && f[30..34] == ip && f.len() > 14 + ihl && f[14 + ihl] == 8)
-                .then_some(Kind::Echo)
-        }
-        _ => None,
-    }
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn reply(f: &[u8], mac: [u8; 6], ip: [u8; 4]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(f.len());
-    out.extend_from_slice(&f[6..12]); // to the sender
-    out.extend_from_slice(&mac);
-    match classify(f, ip)? {
-        Kind::Arp => {
-            out.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
-            out.extend_from_slice(&mac);
-            out.extend_from_slice(&ip);
-            out.extend_from_slice(&f[22..28]); // sender MAC
-            out.extend_from_slice(&f[28..32]); // sender IP
-        }
-        Kind::Echo => {
-            let ihl = usize::from(f[14] & 0x0f) * 4;
-            let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
-            if total < ihl + 8 || f.len() < 14 + total {
-                return None;
-            }
-            let mut p = f[14..14 + total].to_vec();
-            let (src, dst) = (p[12..16].to_vec(), p[16..20].to_vec());
-            p[12..16].copy_from_slice(&dst);
-            p[16..20].copy_from_slice(&src);
-            p[8] = 64;
-            p[10..12].copy_from_slice(&[0, 0]);
-            let sum = checksum(&p[..ihl]);
-            p[10..12].copy_from_slice(&sum.to_be_bytes());
-            let icmp = &mut p[ihl..];
-            icmp[0] = 0; // echo reply
-            icmp[2..4].copy_from_slice(&[0, 0]);
-            let sum = checksum(icmp);
-            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-            out.extend_from_slice(&[0x08, 0x00]);
-            out.extend_from_slice(&p);
-        }
-    }
-    Some(out)
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
