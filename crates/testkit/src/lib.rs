@@ -7,6 +7,7 @@
 //! counter and the test name, so parallel tests and concurrent processes
 //! never collide.
 
+mod build;
 mod inspect;
 mod lab;
 mod monitor;
@@ -17,6 +18,7 @@ mod plugin;
 mod resources;
 mod tempdir;
 
+pub use build::cargo_build_bins;
 pub use inspect::{files_under, leases_in, DeviceNode, Link};
 pub use lab::{Lab, LOWER, POD_IFNAME};
 pub use monitor::LinkMonitor;

@@ -72,35 +72,15 @@ fn require_cni_binary() -> PathBuf {
 }
 
 fn build_cni(bin: &Path) -> Result<(), String> {
-    let cargo = std::env::var("CARGO").map_err(|_| "not run by cargo".to_string())?;
     let profile_dir = bin.parent().ok_or("no profile dir")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_string(),
-        Some(p) => p.to_string(),
-        None => return Err("no profile name".into()),
-    };
-    let above = profile_dir.parent().ok_or("no target dir")?;
-    let above_name = above.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "macvtap-cni", "--bin", "macvtap"])
-        .args(["--profile", &profile])
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"));
-    if above_name.contains("-linux-") || above_name.contains("-unknown-") {
-        let target_dir = above.parent().ok_or("no target dir")?;
-        cmd.args(["--target", above_name])
-            .arg("--target-dir")
-            .arg(target_dir);
-    } else {
-        cmd.arg("--target-dir").arg(above);
-    }
-    let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
-    if out.status.success() && bin.exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    cargo_build_bins(&root, profile_dir, &[("macvtap-cni", "macvtap")])?;
+    if bin.exists() {
         Ok(())
     } else {
         Err(format!(
-            "cargo build of the CNI plugin failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{} is still missing after the build",
+            bin.display()
         ))
     }
 }
