@@ -231,7 +231,9 @@ fn main() {
     node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
     node.ip(&["link", "set", "up0", "up"]);
     let state = format!("/tmp/{tag}-state");
-    let state_dir = macvtap_state::StateDir::new(&state).expect("state dir");
+    // The node's policy names the state directory; the plugins inherit it.
+    std::env::set_var(macvtap_state::STATE_DIR_ENV, &state);
+    let state_dir = macvtap_state::StateDir::open(&state).expect("state dir");
     const BASE: u32 = 4096;
     state_dir
         .save_config(&macvtap_state::NodeConfig {
@@ -245,6 +247,16 @@ fn main() {
             }],
         })
         .expect("resources.json");
+    // The device plugin's grant, as Allocate writes it.
+    state_dir
+        .save_allocation(&macvtap_state::AllocationRecord::new(
+            "bench-0",
+            "bench",
+            BASE,
+            state_dir.device_node_path("bench-0"),
+            macvtap_state::Attach::Host,
+        ))
+        .expect("grant");
 
     // Enter the node namespace on this (main) thread: the plugins we spawn,
     // and the kernel-floor socket, live there.

@@ -2,7 +2,7 @@
 //! into a [`Config`] before anything is touched.
 
 use macvtap_net::{MacAddr, MacvtapMode};
-use macvtap_state::{StateDir, DEFAULT_STATE_DIR};
+use macvtap_state::NodePolicy;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -87,7 +87,9 @@ pub struct Config {
     pub mac: Option<MacAddr>,
     pub owner: u32,
     pub group: u32,
-    pub state: StateDir,
+    /// The node's policy (state directory, lock timeout, allowed modes):
+    /// node input, never from the configuration.
+    pub policy: NodePolicy,
     pub ipam: Option<Ipam>,
     pub prev_result: Option<Value>,
     pub valid_attachments: Option<Vec<ValidAttachment>>,
@@ -193,10 +195,13 @@ struct Decoded {
     raw: RawConf,
     version: Version,
     name: String,
-    state: StateDir,
 }
 
-fn decode(value: Value) -> Result<Decoded> {
+/// This plugin's own type: as an IPAM plugin it would wait for the lock of
+/// the container its parent holds.
+const OWN_TYPE: &str = "macvtap";
+
+fn decode(value: Value, policy: &NodePolicy) -> Result<Decoded> {
     check_types(&value)?;
     let raw: RawConf = serde_json::from_value(value).map_err(|e| {
         err(
@@ -210,7 +215,16 @@ fn decode(value: Value) -> Result<Decoded> {
         .clone()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| invalid("name is missing"))?;
-    let state = StateDir::new(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR))?;
+    // Where the state lives decides which files a root process reads and
+    // removes: the node's choice. Accepted only as a restatement of it.
+    if let Some(dir) = &raw.state_dir {
+        if std::path::Path::new(dir) != std::path::Path::new(&policy.state_dir) {
+            return Err(invalid(format!(
+                "stateDir {dir:?} is not this node's state directory: it is node policy ({}), not part of a network configuration; remove the key",
+                policy.origin
+            )));
+        }
+    }
     if let Some(ipam) = &raw.ipam {
         if ipam.plugin.is_empty() || ipam.plugin.contains('/') || ipam.plugin.starts_with('.') {
             return Err(invalid(format!(
@@ -218,13 +232,13 @@ fn decode(value: Value) -> Result<Decoded> {
                 ipam.plugin
             )));
         }
+        if ipam.plugin == OWN_TYPE {
+            return Err(invalid(format!(
+                "ipam type {OWN_TYPE:?} is this plugin itself, not an IPAM plugin"
+            )));
+        }
     }
-    Ok(Decoded {
-        raw,
-        version,
-        name,
-        state,
-    })
+    Ok(Decoded { raw, version, name })
 }
 
 impl Config {
@@ -232,13 +246,8 @@ impl Config {
     /// runtime may send DEL with a configuration ADD would refuse (Multus
     /// cannot recover the deviceID once the pod is gone); the attachment's
     /// record says what was made, so refusing would only leak it.
-    pub fn parse_for_teardown(value: Value) -> Result<Self> {
-        let Decoded {
-            raw,
-            version,
-            name,
-            state,
-        } = decode(value)?;
+    pub fn parse_for_teardown(value: Value, policy: &NodePolicy) -> Result<Self> {
+        let Decoded { raw, version, name } = decode(value, policy)?;
         Ok(Config {
             version,
             name,
@@ -254,21 +263,17 @@ impl Config {
             mac: None,
             owner: DEFAULT_OWNER,
             group: DEFAULT_OWNER,
-            state,
+            policy: policy.clone(),
             ipam: raw.ipam,
             prev_result: None,
             valid_attachments: raw.valid_attachments,
         })
     }
 
-    /// Decode and validate. `env` supplies CNI_ARGS (for `MAC=`).
-    pub fn parse(value: Value, env: &Env) -> Result<Self> {
-        let Decoded {
-            raw,
-            version,
-            name,
-            state,
-        } = decode(value)?;
+    /// Decode and validate against the node's `policy`. `env` supplies
+    /// CNI_ARGS (for `MAC=`).
+    pub fn parse(value: Value, env: &Env, policy: &NodePolicy) -> Result<Self> {
+        let Decoded { raw, version, name } = decode(value, policy)?;
 
         let lower = match (raw.master, raw.lower_device) {
             (Some(a), Some(b)) if a != b => {
@@ -283,12 +288,23 @@ impl Config {
             .as_deref()
             .map(|m| m.parse::<MacvtapMode>().map_err(invalid))
             .transpose()?;
-        let source_macs = raw
-            .source_macs
-            .unwrap_or_default()
-            .iter()
-            .map(|m| MacAddr::parse_unicast(m).map_err(|e| invalid(format!("sourceMacs: {e}"))))
-            .collect::<Result<Vec<_>>>()?;
+        let listed = raw.source_macs.unwrap_or_default();
+        // Capped before parsing: thousands would overflow a netlink attribute.
+        if listed.len() > policy.max_source_macs {
+            return Err(invalid(format!(
+                "sourceMacs lists {} MACs; this node allows at most {} ({})",
+                listed.len(),
+                policy.max_source_macs,
+                policy.origin
+            )));
+        }
+        let mut source_macs: Vec<MacAddr> = Vec::with_capacity(listed.len());
+        for m in &listed {
+            let mac = MacAddr::parse_unicast(m).map_err(|e| invalid(format!("sourceMacs: {e}")))?;
+            if !source_macs.contains(&mac) {
+                source_macs.push(mac);
+            }
+        }
         let source = match (raw.device_id.filter(|d| !d.is_empty()), lower) {
             (Some(_), Some(_)) => {
                 return Err(invalid("deviceID and master/lowerDevice are exclusive: the device plugin's resource names the lower device"))
@@ -313,6 +329,7 @@ impl Config {
                 if mode != MacvtapMode::Source && !source_macs.is_empty() {
                     return Err(invalid(format!("sourceMacs only apply to mode source, not {mode}")));
                 }
+                policy.allows_standalone(&device, mode).map_err(invalid)?;
                 Source::Lower { device, mode, source_macs }
             }
         };
@@ -355,7 +372,7 @@ impl Config {
             mac,
             owner: id_from(raw.owner, "owner")?,
             group: id_from(raw.group, "group")?,
-            state,
+            policy: policy.clone(),
             ipam: raw.ipam,
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments,
@@ -382,7 +399,12 @@ pub fn parse_untrusted(
     env.require_ifname()?;
     env.require_container_id()?;
     let (value, _) = peek_version(config)?;
-    let cfg = Config::parse(value, &env)?;
+    // The fuzz targets explore every mode: a policy that allows them all.
+    let policy = NodePolicy {
+        allow_source_mode: true,
+        ..NodePolicy::default()
+    };
+    let cfg = Config::parse(value, &env, &policy)?;
     if let Some(prev) = &cfg.prev_result {
         let result = crate::spec::CniResult::parse(prev)?;
         // Render it in every version: the output path must hold up too.
@@ -403,7 +425,7 @@ mod tests {
             args: args.into(),
             ..Env::default()
         };
-        Config::parse(v, &env)
+        Config::parse(v, &env, &NodePolicy::default())
     }
 
     #[test]
@@ -491,6 +513,21 @@ mod tests {
             ),
             (
                 json!({"cniVersion":"1.0.0","name":"n","master":"eth0","stateDir":"rel"}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","stateDir":"/proc/1/root/var/lib/macvtap"}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","ipam":{"type":"macvtap"}}),
+                "",
+                code::INVALID_CONFIG,
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","master":"eth0","mode":"source","sourceMacs":["02:00:00:00:00:01"]}),
                 "",
                 code::INVALID_CONFIG,
             ),

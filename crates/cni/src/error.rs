@@ -45,15 +45,16 @@ impl CniError {
         self
     }
 
-    /// The error JSON for `version`.
+    /// The error JSON for `version`. Control characters (a configuration
+    /// may carry any) are escaped: runtimes log `msg` as text.
     pub fn to_json(&self, version: &str) -> serde_json::Value {
         let mut v = serde_json::json!({
             "cniVersion": version,
             "code": self.code,
-            "msg": self.msg,
+            "msg": escape_controls(&self.msg),
         });
         if !self.details.is_empty() {
-            v["details"] = self.details.clone().into();
+            v["details"] = escape_controls(&self.details).into();
         }
         v
     }
@@ -61,12 +62,31 @@ impl CniError {
 
 impl fmt::Display for CniError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (code {})", self.msg, self.code)?;
+        write!(f, "{} (code {})", escape_controls(&self.msg), self.code)?;
         if !self.details.is_empty() {
-            write!(f, ": {}", self.details)?;
+            write!(f, ": {}", escape_controls(&self.details))?;
         }
         Ok(())
     }
+}
+
+/// `s` with every control character (C0, DEL, C1, and the Unicode line and
+/// paragraph separators) written as `\u{..}`, so that input cannot forge
+/// log lines or terminal escapes.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl std::error::Error for CniError {}
@@ -84,7 +104,12 @@ impl From<macvtap_state::Error> for CniError {
                 code::INVALID_CONFIG
             }
             E::NotOffered { .. } => code::DEVICE_NOT_OFFERED,
-            E::Io { .. } | E::Corrupt { .. } | E::Untrusted { .. } => code::STATE_DIR,
+            E::Io { .. }
+            | E::Corrupt { .. }
+            | E::Untrusted { .. }
+            | E::BadRecord { .. }
+            | E::BadPolicy(..) => code::STATE_DIR,
+            E::LockTimeout { .. } => code::TRY_AGAIN_LATER,
         };
         CniError::new(c, e.to_string())
     }

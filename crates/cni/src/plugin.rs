@@ -1,14 +1,13 @@
 //! The commands: ADD, DEL, CHECK, VERSION, STATUS, GC.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 
 use macvtap_net::{
-    make_device_node, tap_device_number, DeviceNumber, Link, MacAddr, MacvtapMode, MacvtapSpec,
-    NetNs, Netlink, NodeInfo, RouteSpec, SysfsView,
+    tap_device_number, DeviceNumber, Link, MacAddr, MacvtapMode, MacvtapSpec, NetNs, Netlink,
+    RouteSpec, SysfsView,
 };
 use macvtap_state::{
-    remove_file_if_exists, Attach, AttachmentRecord, NodeIdentity, ResolvedDevice,
+    Attach, AttachmentRecord, Claim, NodePolicy, NodeRef, Phase, PodRef, ResolvedDevice, StateDir,
 };
 use serde_json::{json, Value};
 
@@ -69,14 +68,15 @@ fn dispatch(env: &Env, stdin: &[u8], version: &mut String) -> Result<Option<Valu
             ),
         ));
     }
-    let cfg = match Config::parse(value.clone(), env) {
+    let policy = NodePolicy::load()?;
+    let cfg = match Config::parse(value.clone(), env, &policy) {
         // DEL tears down what the record says; a value only ADD needs must
         // not stop it (a decode error or a bad version still does).
         Err(e)
             if command == Command::Del
                 && matches!(e.code, code::INVALID_CONFIG | code::INVALID_ENVIRONMENT) =>
         {
-            Config::parse_for_teardown(value)?
+            Config::parse_for_teardown(value, &policy)?
         }
         other => other?,
     };
@@ -152,12 +152,11 @@ struct Target {
     mode: MacvtapMode,
     source_macs: Vec<MacAddr>,
     ifindex: Option<u32>,
-    node_path: PathBuf,
     device: Option<ResolvedDevice>,
 }
 
 impl Target {
-    fn resolve(cfg: &Config, container_id: &str, ifname: &str) -> Result<Self> {
+    fn resolve(cfg: &Config, state: &StateDir) -> Result<Self> {
         match &cfg.source {
             Source::Lower {
                 device,
@@ -168,13 +167,12 @@ impl Target {
                 mode: *mode,
                 source_macs: source_macs.clone(),
                 ifindex: None,
-                node_path: cfg.state.standalone_node_path(container_id, ifname),
                 device: None,
             }),
             Source::Device(id) => {
-                let node = cfg.state.load_config()?;
+                let node = state.load_config()?;
                 node.validate()?;
-                let dev = node.resolve(&cfg.state, id)?;
+                let dev = node.resolve(state.root(), id)?;
                 let mode = dev.resource.mode.parse().map_err(|e: String| {
                     err(
                         code::DEVICE_NOT_OFFERED,
@@ -186,7 +184,6 @@ impl Target {
                     mode,
                     source_macs: Vec::new(),
                     ifindex: Some(dev.ifindex),
-                    node_path: dev.node_path.clone(),
                     device: Some(dev),
                 })
             }
@@ -198,6 +195,16 @@ impl Target {
             .as_ref()
             .map_or(Attach::Pod, |d| d.resource.attach)
     }
+
+    fn node<'a>(&'a self, env: &'a Env) -> NodeRef<'a> {
+        match &self.device {
+            Some(dev) => NodeRef::Device(&dev.device_id),
+            None => NodeRef::Standalone {
+                container_id: &env.container_id,
+                ifname: &env.ifname,
+            },
+        }
+    }
 }
 
 /// What ADD has done so far, to undo in reverse on failure.
@@ -205,16 +212,67 @@ impl Target {
 struct Undo {
     /// The link in the pod, and for `attach: host` the name to move it back to.
     link: Option<(u32, Option<String>)>,
-    node: Option<PathBuf>,
+    node: bool,
+    /// The intent or the record of this attachment.
     record: bool,
     ipam: bool,
     /// The deviceID this ADD claimed.
     claim: Option<String>,
 }
 
+/// A random locally administered unicast MAC: chosen before the link is
+/// made, so that the intent record names the link an interrupted ADD made.
+fn random_mac() -> MacAddr {
+    let hex = macvtap_state::random_hex(6);
+    let mut bytes = [0u8; 6];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    bytes[0] = (bytes[0] & 0xfe) | 0x02;
+    MacAddr(bytes)
+}
+
+/// The pod the runtime says this is (CNI_ARGS `K8S_POD_NAMESPACE`/`K8S_POD_NAME`).
+fn pod_of(env: &Env) -> Option<PodRef> {
+    let args = env.parsed_args().ok()?;
+    let get = |k: &str| {
+        args.iter()
+            .rev()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.to_string())
+    };
+    Some(PodRef {
+        namespace: get("K8S_POD_NAMESPACE")?,
+        name: get("K8S_POD_NAME")?,
+    })
+}
+
+/// Refuse an IPAM binary that is this plugin under another name: it would
+/// wait for the lock of the container this invocation holds.
+fn refuse_self_as_ipam(ipam: &Ipam<'_>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let found = ipam.find()?;
+    let (Ok(theirs), Ok(ours)) = (
+        std::fs::metadata(&found),
+        std::env::current_exe().and_then(std::fs::metadata),
+    ) else {
+        return Ok(());
+    };
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Err(err(
+            code::INVALID_CONFIG,
+            format!(
+                "IPAM plugin {} is this plugin itself, not an IPAM plugin",
+                found.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn add(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<Value> {
     let container_id = env.require_container_id()?;
-    let ifname = env.require_ifname()?;
+    env.require_ifname()?;
     let netns_path = env.require_netns()?;
     let mut pod = Pod::open(netns_path)?;
     let ipam = cfg
@@ -222,52 +280,95 @@ fn add(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<Value> {
         .as_ref()
         .map(|i| Ipam::new(&i.plugin, &env.path, stdin));
     if let Some(ipam) = &ipam {
-        ipam.find()?; // fail before touching anything
+        refuse_self_as_ipam(ipam)?; // also: fail before touching anything
     }
-    let _lock = cfg.state.lock()?;
-    let target = Target::resolve(cfg, container_id, ifname)?;
-    if target.attach() == Attach::Host && pod.nl.link_by_name(ifname).map_err(kernel)?.is_some() {
-        // (For attach: pod the kernel's EEXIST on create says the same.)
-        return Err(err(
-            code::INTERFACE_EXISTS,
-            format!("interface {ifname:?} already exists in {netns_path}"),
-        ));
-    }
-    let mut host_nl = Netlink::open().map_err(kernel)?;
+    let state = StateDir::open(&cfg.policy.state_dir)?;
+    // The container's lock is held through IPAM; the node lock only around
+    // the short sections that touch what other containers share.
+    let container = state.lock_container(container_id, cfg.policy.lock_timeout)?;
     let mut undo = Undo::default();
-    let attached = attach(
-        cfg,
-        env,
-        &target,
-        &mut pod,
-        &mut host_nl,
-        &mut undo,
-        ipam.as_ref(),
-    );
-    match attached {
-        Ok(result) => Ok(result),
+    let result = add_locked(cfg, env, &state, &mut pod, &mut undo, ipam.as_ref());
+    match result {
+        Ok(value) => {
+            drop(container);
+            Ok(value)
+        }
         Err(e) => {
-            rollback(cfg, env, &mut pod, undo, ipam.as_ref());
-            Err(e)
+            let failures = rollback(cfg, env, &state, &mut pod, undo, ipam.as_ref());
+            state.finish_container(container);
+            Err(with_failures(e, "rolling back", failures))
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attach(
+/// Add what went wrong while undoing to `e`'s details, and say it on
+/// stderr: a rollback that failed leaves something behind, and whoever
+/// reads the error must know what.
+fn with_failures(mut e: CniError, doing: &str, failures: Vec<CniError>) -> CniError {
+    if failures.is_empty() {
+        return e;
+    }
+    let list: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    let text = format!("while {doing}: {}", list.join("; "));
+    eprintln!("macvtap: {}", crate::error::escape_controls(&text));
+    e.details = if e.details.is_empty() {
+        text
+    } else {
+        format!("{}; {text}", e.details)
+    };
+    e
+}
+
+fn add_locked(
     cfg: &Config,
     env: &Env,
-    target: &Target,
+    state: &StateDir,
     pod: &mut Pod,
-    host_nl: &mut Netlink,
     undo: &mut Undo,
     ipam: Option<&Ipam<'_>>,
 ) -> Result<Value> {
     let ifname = env.ifname.as_str();
+    let netns_id = pod.ns.identity().map_err(kernel)?;
+    // What an interrupted ADD of this attachment left (a kill -9 between
+    // any two steps) goes first, so that a retried ADD succeeds.
+    if let Some(old) = load_record_or_drop(state, &env.container_id, ifname)? {
+        let link_there = record_link(&old, Some(&*pod)).map_err(|e| e.0)?.is_some();
+        if old.phase == Phase::Attached && link_there {
+            return Err(err(
+                code::INTERFACE_EXISTS,
+                format!("interface {ifname:?} is already attached to container {}", env.container_id),
+            ));
+        }
+        let _node_lock = match old.device_id {
+            Some(_) => Some(state.lock(cfg.policy.lock_timeout)?),
+            None => None,
+        };
+        let failures = teardown(state, &old, Some(&*pod));
+        if let Some(e) = failures.into_iter().next() {
+            return Err(e);
+        }
+        state.remove_record(&env.container_id, ifname)?;
+    }
+
+    let target = Target::resolve(cfg, state)?;
+    // Shared between containers (claims, nodes under dev/, Allocate): only
+    // device-plugin devices need the node lock, and only until IPAM.
+    let node_lock = match target.device {
+        Some(_) => Some(state.lock(cfg.policy.lock_timeout)?),
+        None => None,
+    };
     if let Some(dev) = &target.device {
-        claim_device(cfg, env, &dev.device_id)?;
+        claim_device(state, env, netns_id, dev)?;
         undo.claim = Some(dev.device_id.clone());
     }
+    if target.attach() == Attach::Host && pod.nl.link_by_name(ifname).map_err(kernel)?.is_some() {
+        // (For attach: pod the kernel's EEXIST on create says the same.)
+        return Err(err(
+            code::INTERFACE_EXISTS,
+            format!("interface {ifname:?} already exists in {}", env.netns),
+        ));
+    }
+    let mut host_nl = Netlink::open().map_err(kernel)?;
     // attach: host whose link is gone (a reboot, a re-created sandbox: the
     // kubelet reuses its checkpointed allocation without calling Allocate,
     // and the moved link died with the old pod) is served like attach: pod,
@@ -277,59 +378,30 @@ fn attach(
         (Attach::Host, Some(name)) => host_nl.link_by_name(name).map_err(kernel)?,
         _ => None,
     };
+    let mac = match (cfg.mac, &host_link) {
+        (Some(mac), _) => mac,
+        (None, Some(link)) => link.mac.unwrap_or_else(random_mac),
+        (None, None) => random_mac(),
+    };
+    let mut record = AttachmentRecord {
+        network: cfg.name.clone(),
+        container_id: env.container_id.clone(),
+        ifname: ifname.to_string(),
+        netns: env.netns.clone(),
+        netns_dev: Some(netns_id.0),
+        netns_ino: Some(netns_id.1),
+        phase: Phase::Intent,
+        ifindex: target.ifindex.unwrap_or(0),
+        device_id: target.device.as_ref().map(|d| d.device_id.clone()),
+        node_path: state.node_path(target.node(env)),
+        node_identity: None,
+        mac: mac.to_string(),
+    };
+    undo.record = true;
+    state.save_record(&record)?;
+
     match host_link {
-        None => {
-            let lower_nl = if cfg.link_in_container {
-                &mut pod.nl
-            } else {
-                &mut *host_nl
-            };
-            let where_ = if cfg.link_in_container {
-                "the pod's namespace"
-            } else {
-                "the host namespace"
-            };
-            let lower = lower_nl
-                .link_by_name(&target.lower)
-                .map_err(kernel)?
-                .ok_or_else(|| {
-                    err(
-                        code::LOWER_DEVICE_MISSING,
-                        format!("lower device {:?} does not exist in {where_}", target.lower),
-                    )
-                })?;
-            let spec = MacvtapSpec {
-                name: ifname,
-                lower_index: lower.index,
-                mode: target.mode,
-                source_macs: &target.source_macs,
-                mac: cfg.mac,
-                mtu: cfg.mtu,
-                promisc: cfg.promisc,
-                up: true,
-                ifindex: target.ifindex,
-                netns_fd: (!cfg.link_in_container).then(|| pod.ns.raw_fd()),
-            };
-            let created = lower_nl.create_macvtap(&spec);
-            if let Err(e) = created {
-                // EEXIST is the name, or (when we asked for one) the ifindex.
-                let name_taken = e.errno() == Some(libc::EEXIST)
-                    && pod.nl.link_by_name(ifname).map_err(kernel)?.is_some();
-                return Err(match (e.errno(), spec.ifindex) {
-                    (Some(libc::EEXIST), _) if name_taken => err(
-                        code::INTERFACE_EXISTS,
-                        format!("interface {ifname:?} already exists in the pod"),
-                    ),
-                    (Some(libc::EEXIST | libc::EBUSY), Some(index)) => err(
-                        code::KERNEL,
-                        format!(
-                            "ifindex {index} promised for this device is already taken in the pod"
-                        ),
-                    ),
-                    _ => kernel(e),
-                });
-            }
-        }
+        None => create_link(cfg, &target, pod, &mut host_nl, mac, ifname)?,
         Some(link) => {
             let name = host_name.unwrap_or_default();
             let lower = host_nl
@@ -355,7 +427,7 @@ fn attach(
             let moved = moved.ok_or_else(|| err(code::KERNEL, "the moved link vanished"))?;
             undo.link = Some((moved.index, Some(name)));
             pod.nl
-                .configure_link(moved.index, cfg.mac, cfg.mtu, Some(cfg.promisc), Some(true))
+                .configure_link(moved.index, Some(mac), cfg.mtu, Some(cfg.promisc), Some(true))
                 .map_err(kernel)?;
         }
     }
@@ -374,26 +446,16 @@ fn attach(
     }
 
     let dev = pod.tap_device_number(ifname, link.index)?;
-    if let Some(dir) = target.node_path.parent() {
-        cfg.state.ensure_dir(dir)?;
-    }
-    make_device_node(&target.node_path, dev, cfg.owner, cfg.group).map_err(kernel)?;
-    undo.node = Some(target.node_path.clone());
+    undo.node = true;
+    let identity = state.make_node(target.node(env), dev.major, dev.minor, cfg.owner, cfg.group)?;
 
     let mac = link.mac.map(|m| m.to_string()).unwrap_or_default();
-    let record = AttachmentRecord {
-        network: cfg.name.clone(),
-        container_id: env.container_id.clone(),
-        ifname: ifname.to_string(),
-        netns: env.netns.clone(),
-        ifindex: link.index,
-        device_id: target.device.as_ref().map(|d| d.device_id.clone()),
-        node_path: target.node_path.clone(),
-        node_identity: NodeIdentity::of(&target.node_path).ok(),
-        mac: mac.clone(),
-    };
-    undo.record = true;
-    cfg.state.save_record(&record)?;
+    record.phase = Phase::Attached;
+    record.ifindex = link.index;
+    record.node_identity = Some(identity);
+    record.mac = mac.clone();
+    state.save_record(&record)?;
+    drop(node_lock);
 
     let mut result = match &cfg.prev_result {
         Some(prev) => CniResult::parse(prev)?,
@@ -432,6 +494,62 @@ fn attach(
     Ok(result.to_json(cfg.version))
 }
 
+/// Create the macvtap: in the pod directly, or in the pod's namespace on a
+/// lower device that lives there (`linkInContainer`).
+fn create_link(
+    cfg: &Config,
+    target: &Target,
+    pod: &mut Pod,
+    host_nl: &mut Netlink,
+    mac: MacAddr,
+    ifname: &str,
+) -> Result<()> {
+    let (lower_nl, where_) = if cfg.link_in_container {
+        (&mut pod.nl, "the pod's namespace")
+    } else {
+        (&mut *host_nl, "the host namespace")
+    };
+    let lower = lower_nl
+        .link_by_name(&target.lower)
+        .map_err(kernel)?
+        .ok_or_else(|| {
+            err(
+                code::LOWER_DEVICE_MISSING,
+                format!("lower device {:?} does not exist in {where_}", target.lower),
+            )
+        })?;
+    let spec = MacvtapSpec {
+        name: ifname,
+        lower_index: lower.index,
+        mode: target.mode,
+        source_macs: &target.source_macs,
+        mac: Some(mac),
+        mtu: cfg.mtu,
+        promisc: cfg.promisc,
+        up: true,
+        ifindex: target.ifindex,
+        netns_fd: (!cfg.link_in_container).then(|| pod.ns.raw_fd()),
+    };
+    let created = lower_nl.create_macvtap(&spec);
+    if let Err(e) = created {
+        // EEXIST is the name, or (when we asked for one) the ifindex.
+        let name_taken = e.errno() == Some(libc::EEXIST)
+            && pod.nl.link_by_name(ifname).map_err(kernel)?.is_some();
+        return Err(match (e.errno(), spec.ifindex) {
+            (Some(libc::EEXIST), _) if name_taken => err(
+                code::INTERFACE_EXISTS,
+                format!("interface {ifname:?} already exists in the pod"),
+            ),
+            (Some(libc::EEXIST | libc::EBUSY), Some(index)) => err(
+                code::KERNEL,
+                format!("ifindex {index} promised for this device is already taken in the pod"),
+            ),
+            _ => kernel(e),
+        });
+    }
+    Ok(())
+}
+
 /// Put the IPAM result on the interface: addresses, then routes (a route
 /// without a gateway uses its family's gateway, as the reference plugins do).
 fn configure_addresses(nl: &mut Netlink, link: &Link, leased: &CniResult) -> Result<()> {
@@ -468,112 +586,209 @@ fn configure_addresses(nl: &mut Netlink, link: &Link, leased: &CniResult) -> Res
     Ok(())
 }
 
-/// A device-plugin device serves one pod at a time: refuse it while
-/// another attachment whose namespace still exists holds it. (The kubelet
-/// hands a device to one pod; a network configuration that names a deviceID
-/// itself must not take it from the pod that was given it.)
-fn claim_device(cfg: &Config, env: &Env, device_id: &str) -> Result<()> {
-    if let Some(held) = cfg.state.load_claim(device_id) {
-        let other = held.container_id != env.container_id || held.ifname != env.ifname;
-        let alive = other
-            && NetNs::open(&held.netns).is_ok()
-            && cfg
-                .state
-                .load_record(&held.container_id, &held.ifname)
-                .ok()
-                .flatten()
-                .is_some();
-        if alive {
-            return Err(err(
-                code::DEVICE_NOT_OFFERED,
-                format!(
-                    "device {device_id:?} is attached to container {} ({}) in {}",
-                    held.container_id, held.ifname, held.netns
-                ),
-            ));
+/// Claim a device-plugin device for this attachment (node lock held).
+///
+/// A deviceID in a configuration proves nothing: the device plugin's grant
+/// (its allocation record) must exist, name this device as resources.json
+/// does, and, once the device plugin learnt which pod the kubelet gave it
+/// to, name this pod. One attachment holds a device at a time: another
+/// holder under the same grant whose namespace still lives keeps it; a
+/// holder under an older grant lost it when the kubelet handed it out again.
+fn claim_device(
+    state: &StateDir,
+    env: &Env,
+    netns_id: (u64, u64),
+    dev: &ResolvedDevice,
+) -> Result<()> {
+    let id = &dev.device_id;
+    let not_granted = |why: String| err(code::DEVICE_NOT_OFFERED, format!("device {id:?} {why}"));
+    let grant = state.load_allocation(id)?.ok_or_else(|| {
+        not_granted("was not allocated by this node's device plugin: a deviceID is usable only by the pod the kubelet gave it to".into())
+    })?;
+    if grant.resource != dev.resource.name || grant.ifindex != dev.ifindex {
+        return Err(not_granted(format!(
+            "was allocated as {}/ifindex {}, which resources.json no longer describes",
+            grant.resource, grant.ifindex
+        )));
+    }
+    let pod = pod_of(env);
+    if let Some(granted) = &grant.pod {
+        if pod.as_ref() != Some(granted) {
+            return Err(not_granted(format!(
+                "is allocated to pod {}/{}, not to {}",
+                granted.namespace,
+                granted.name,
+                pod.as_ref()
+                    .map_or("this one".to_string(), |p| format!("{}/{}", p.namespace, p.name))
+            )));
         }
     }
-    let claim = macvtap_state::Claim {
+    if let Some(held) = state.load_claim(id) {
+        let other = held.container_id != env.container_id || held.ifname != env.ifname;
+        if other && held.grant == grant.grant && claim_alive(state, &held) {
+            return Err(not_granted(format!(
+                "is attached to container {} ({}) in {}",
+                held.container_id, held.ifname, held.netns
+            )));
+        }
+    }
+    let claim = Claim {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         netns: env.netns.clone(),
+        netns_dev: Some(netns_id.0),
+        netns_ino: Some(netns_id.1),
+        grant: grant.grant,
+        pod,
     };
-    cfg.state.save_claim(device_id, &claim)?;
+    state.save_claim(id, &claim)?;
     Ok(())
 }
 
-fn rollback(cfg: &Config, env: &Env, pod: &mut Pod, undo: Undo, ipam: Option<&Ipam<'_>>) {
+/// Does the claim's attachment still exist: its record, and its namespace
+/// (the same one, not another at a reused path)?
+fn claim_alive(state: &StateDir, held: &Claim) -> bool {
+    let Ok(ns) = NetNs::open(&held.netns) else {
+        return false;
+    };
+    let same_ns = match (held.netns_dev, held.netns_ino, ns.identity()) {
+        (Some(d), Some(i), Ok(found)) => found == (d, i),
+        (None, None, _) => true,
+        _ => false,
+    };
+    same_ns
+        && state
+            .load_record(&held.container_id, &held.ifname)
+            .ok()
+            .flatten()
+            .is_some()
+}
+
+/// Undo what ADD did, in reverse order; every failure is returned.
+fn rollback(
+    cfg: &Config,
+    env: &Env,
+    state: &StateDir,
+    pod: &mut Pod,
+    undo: Undo,
+    ipam: Option<&Ipam<'_>>,
+) -> Vec<CniError> {
+    let mut failures = Vec::new();
     if undo.ipam {
         if let Some(ipam) = ipam {
-            let _ = ipam.exec("DEL", &[]);
+            if let Err(e) = ipam.exec("DEL", &[]) {
+                failures.push(e);
+            }
         }
     }
-    if let Some(id) = &undo.claim {
-        let _ = cfg.state.release_claim(id, &env.container_id, &env.ifname);
-    }
-    if undo.record {
-        let _ = cfg.state.remove_record(&env.container_id, &env.ifname);
-    }
-    if let Some(node) = &undo.node {
-        let _ = remove_file_if_exists(node);
-        if let Some(dir) = node.parent() {
-            let _ = std::fs::remove_dir(dir); // the pod's dir, if we made it empty
+    let _node_lock = match undo.claim.is_some() || undo.node {
+        true => match state.lock(cfg.policy.lock_timeout) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                failures.push(e.into());
+                None
+            }
+        },
+        false => None,
+    };
+    let node = match &undo.claim {
+        Some(id) => NodeRef::Device(id),
+        None => NodeRef::Standalone {
+            container_id: &env.container_id,
+            ifname: &env.ifname,
+        },
+    };
+    if undo.node {
+        // The node this ADD made: for a device, only if it is still ours.
+        let made = state
+            .load_record(&env.container_id, &env.ifname)
+            .ok()
+            .flatten()
+            .and_then(|r| r.node_identity);
+        let result = match (node, made) {
+            (NodeRef::Device(_), None) => Ok(()), // made, but never recorded: leave
+            _ => state.remove_node(node, made),
+        };
+        if let Err(e) = result {
+            failures.push(e.into());
         }
     }
     match undo.link {
-        Some((index, None)) => {
-            let _ = pod.nl.delete_link(index);
-        }
+        Some((index, None)) => match pod.nl.delete_link(index) {
+            Err(e) if e.errno() != Some(libc::ENODEV) => failures.push(kernel(e)),
+            _ => {}
+        },
         Some((index, Some(host_name))) => {
             // The device plugin's link: give it back as it was.
-            if let Ok(host) = NetNs::current() {
-                let _ = pod.nl.configure_link(index, None, None, None, Some(false));
-                let _ = pod.nl.move_link(index, host.raw_fd(), &host_name);
+            let back = NetNs::current().and_then(|host| {
+                pod.nl.configure_link(index, None, None, None, Some(false))?;
+                pod.nl.move_link(index, host.raw_fd(), &host_name)
+            });
+            if let Err(e) = back {
+                failures.push(kernel(e));
             }
         }
         None => {}
+    }
+    if let Some(id) = &undo.claim {
+        if let Err(e) = state.release_claim(id, &env.container_id, &env.ifname) {
+            failures.push(e.into());
+        }
+    }
+    if undo.record {
+        if let Err(e) = state.remove_record(&env.container_id, &env.ifname) {
+            failures.push(e.into());
+        }
+    }
+    failures
+}
+
+/// The record of an attachment; an unreadable or invalid one names nothing
+/// that can be trusted, so it only goes (IPAM is still released by DEL).
+fn load_record_or_drop(
+    state: &StateDir,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Option<AttachmentRecord>> {
+    match state.load_record(container_id, ifname) {
+        Ok(record) => Ok(record),
+        Err(e @ (macvtap_state::Error::Corrupt { .. } | macvtap_state::Error::BadRecord { .. })) => {
+            eprintln!(
+                "macvtap: ignoring unreadable record: {}",
+                crate::error::escape_controls(&e.to_string())
+            );
+            state.remove_record(container_id, ifname)?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
 fn del(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     let container_id = env.require_container_id()?;
     let ifname = env.require_ifname()?;
-    let _lock = cfg.state.lock()?;
+    let state = StateDir::open(&cfg.policy.state_dir)?;
+    let container = state.lock_container(container_id, cfg.policy.lock_timeout)?;
     let mut errors: Vec<CniError> = Vec::new();
-    let record = match cfg.state.load_record(container_id, ifname) {
+    let record = match load_record_or_drop(&state, container_id, ifname) {
         Ok(record) => record,
-        // Unreadable (a crash mid-write, a full disk): nothing in it can be
-        // trusted to name a link, so it only goes; IPAM is still released.
-        Err(macvtap_state::Error::Corrupt { path, source }) => {
-            eprintln!(
-                "macvtap: DEL: ignoring unreadable record {}: {source}",
-                path.display()
-            );
-            let _ = remove_file_if_exists(&path);
-            None
-        }
         Err(e) => {
-            errors.push(e.into());
+            errors.push(e);
             None
         }
     };
     if let Some(record) = &record {
-        let netns = if env.netns.is_empty() {
-            &record.netns
-        } else {
-            &env.netns
+        let _node_lock = match record.device_id {
+            Some(_) => Some(state.lock(cfg.policy.lock_timeout)?),
+            None => None,
         };
-        if let Err(e) = remove_link(netns, record) {
-            errors.push(e);
-        }
-        if let Err(e) = record.remove_node() {
-            errors.push(e.into());
-        }
-        if let Some(id) = &record.device_id {
-            if let Err(e) = cfg.state.release_claim(id, container_id, ifname) {
-                errors.push(e.into());
-            }
-        }
+        let pod = if env.netns.is_empty() || env.netns == record.netns {
+            None
+        } else {
+            // The runtime's CNI_NETNS wins over the recorded path.
+            Pod::open(&env.netns).ok()
+        };
+        errors.extend(teardown(&state, record, pod.as_ref()));
     }
     if let Some(i) = &cfg.ipam {
         let ipam = Ipam::new(&i.plugin, &env.path, stdin);
@@ -582,32 +797,84 @@ fn del(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
         }
     }
     if errors.is_empty() {
-        cfg.state.remove_record(container_id, ifname)?;
+        state.remove_record(container_id, ifname)?;
+        state.finish_container(container);
     }
     combine(errors)
 }
 
-/// Delete the attachment's link if it is still the one the record names.
-/// A namespace that is gone took the link with it.
-fn remove_link(netns: &str, record: &AttachmentRecord) -> Result<()> {
-    let pod = match NetNs::open(netns) {
-        Ok(pod) => pod,
-        Err(macvtap_net::Error::NetnsMissing(_) | macvtap_net::Error::NotANetns(_)) => {
-            return Ok(())
+/// Remove an attachment's link, node and claim (the node lock held for a
+/// device), as its record says. Every failure is returned; teardown goes on.
+fn teardown(state: &StateDir, record: &AttachmentRecord, pod: Option<&Pod>) -> Vec<CniError> {
+    let mut errors = Vec::new();
+    match record_link(record, pod) {
+        Ok(Some((mut nl, index))) => match nl.delete_link(index) {
+            Err(e) if e.errno() != Some(libc::ENODEV) => errors.push(kernel(e)),
+            _ => {}
+        },
+        Ok(None) => {}
+        Err(e) => errors.push(e.0),
+    }
+    // A device node is removed only if it is still the one this attachment
+    // made (another pod may have the device now); an intent made none.
+    let remove = match (record.node(), record.node_identity) {
+        (NodeRef::Device(_), None) => Ok(()),
+        (node, made) => state.remove_node(node, made),
+    };
+    if let Err(e) = remove {
+        errors.push(e.into());
+    }
+    if let Some(id) = &record.device_id {
+        if let Err(e) = state.release_claim(id, &record.container_id, &record.ifname) {
+            errors.push(e.into());
         }
-        Err(e) => return Err(kernel(e)),
-    };
-    let mut nl = netlink_in(&pod)?;
-    let Some(link) = nl.link_by_name(&record.ifname).map_err(kernel)? else {
-        return Ok(());
-    };
-    if link.index != record.ifindex || link.kind.as_deref() != Some("macvtap") {
-        return Ok(()); // not ours: never touch it
     }
-    match nl.delete_link(link.index) {
-        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
-        other => other.map_err(kernel),
+    errors
+}
+
+/// An error while looking for a record's link.
+struct LinkLookup(CniError);
+
+/// The link a record names, in its namespace, if it is still there and
+/// still the one this plugin made: same namespace (device and inode), same
+/// name, a macvtap, and the recorded ifindex (or, for an intent whose
+/// ifindex the kernel was to pick, the MAC chosen for it). Returns a netlink
+/// socket in that namespace and the link's index.
+fn record_link(
+    record: &AttachmentRecord,
+    pod: Option<&Pod>,
+) -> std::result::Result<Option<(Netlink, u32)>, LinkLookup> {
+    let opened;
+    let ns = match pod {
+        Some(pod) => &pod.ns,
+        None => {
+            opened = match NetNs::open(&record.netns) {
+                Ok(ns) => ns,
+                Err(macvtap_net::Error::NetnsMissing(_) | macvtap_net::Error::NotANetns(_)) => {
+                    return Ok(None) // a namespace that is gone took the link with it
+                }
+                Err(e) => return Err(LinkLookup(kernel(e))),
+            };
+            &opened
+        }
+    };
+    let (dev, ino) = ns.identity().map_err(|e| LinkLookup(kernel(e)))?;
+    if !record.same_netns(dev, ino) {
+        return Ok(None); // the path names another namespace now
     }
+    let mut nl = netlink_in(ns).map_err(LinkLookup)?;
+    let Some(link) = nl.link_by_name(&record.ifname).map_err(|e| LinkLookup(kernel(e)))? else {
+        return Ok(None);
+    };
+    let same = if record.ifindex != 0 {
+        link.index == record.ifindex
+    } else {
+        link.mac.map(|m| m.to_string()).as_deref() == Some(record.mac.as_str())
+    };
+    if !same || link.kind.as_deref() != Some("macvtap") {
+        return Ok(None); // not ours: never touch it
+    }
+    Ok(Some((nl, link.index)))
 }
 
 /// One error for many: the first one's code, every message.
@@ -649,7 +916,8 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
             link.kind.as_deref().unwrap_or("physical")
         )));
     }
-    let target = Target::resolve(cfg, container_id, ifname)?;
+    let state = StateDir::open(&cfg.policy.state_dir)?;
+    let target = Target::resolve(cfg, &state)?;
     if link.macvtap_mode != Some(target.mode) {
         return Err(differs(format!(
             "{ifname:?} is in mode {:?}, the configuration says {}",
@@ -708,13 +976,12 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
             )));
         }
     }
-    let record = cfg
-        .state
+    let record = state
         .load_record(container_id, ifname)?
         .ok_or_else(|| {
             differs(format!(
                 "no record of attachment {container_id}/{ifname} in {}",
-                cfg.state.root().display()
+                state.root().display()
             ))
         })?;
     if record.ifindex != link.index {
@@ -723,19 +990,29 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
             link.index, record.ifindex
         )));
     }
-    check_node(&pod, ifname, &link, &record.node_path, cfg)?;
+    check_node(&pod, ifname, &link, &state, record.node(), cfg)?;
     if let Some(i) = &cfg.ipam {
         Ipam::new(&i.plugin, &env.path, stdin).exec("CHECK", &[])?;
     }
     Ok(())
 }
 
-fn check_node(pod: &Pod, ifname: &str, link: &Link, node: &Path, cfg: &Config) -> Result<()> {
+fn check_node(
+    pod: &Pod,
+    ifname: &str,
+    link: &Link,
+    state: &StateDir,
+    node_ref: NodeRef<'_>,
+    cfg: &Config,
+) -> Result<()> {
     let differs = |m: String| err(code::CHECK_FAILED, m);
     let want = pod.tap_device_number(ifname, link.index)?;
-    let info = NodeInfo::stat(node)
-        .map_err(|e| differs(format!("device node {}: {e}", node.display())))?;
-    if !info.is_char_device || info.dev != want {
+    let node = state.node_path(node_ref);
+    let info = state
+        .node_stat(node_ref)
+        .map_err(|e| differs(format!("device node {}: {e}", node.display())))?
+        .ok_or_else(|| differs(format!("device node {} is missing", node.display())))?;
+    if !info.is_char_device || (info.major, info.minor) != (want.major, want.minor) {
         return Err(differs(format!(
             "device node {} is not char device {want}",
             node.display()
@@ -757,11 +1034,8 @@ fn check_node(pod: &Pod, ifname: &str, link: &Link, node: &Path, cfg: &Config) -
 
 fn status(cfg: &Config, env: &Env) -> Result<()> {
     let unavailable = |m: String| err(code::NOT_AVAILABLE, m);
-    drop(
-        cfg.state
-            .lock()
-            .map_err(|e| unavailable(format!("state directory: {e}")))?,
-    );
+    let state = StateDir::open(&cfg.policy.state_dir)
+        .map_err(|e| unavailable(format!("state directory: {e}")))?;
     match &cfg.source {
         Source::Lower { device, .. } if !cfg.link_in_container => {
             let mut nl = Netlink::open().map_err(kernel)?;
@@ -772,12 +1046,11 @@ fn status(cfg: &Config, env: &Env) -> Result<()> {
             }
         }
         Source::Device(id) => {
-            let node = cfg
-                .state
+            let node = state
                 .load_config()
                 .map_err(|e| unavailable(e.to_string()))?;
             node.validate().map_err(|e| unavailable(e.to_string()))?;
-            node.resolve(&cfg.state, id)
+            node.resolve(state.root(), id)
                 .map_err(|e| unavailable(e.to_string()))?;
         }
         Source::Lower { .. } => {}
@@ -799,9 +1072,9 @@ fn gc(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
             "GC needs cni.dev/valid-attachments (an empty list removes all)",
         )
     })?;
-    let _lock = cfg.state.lock()?;
+    let state = StateDir::open(&cfg.policy.state_dir)?;
     let mut errors = Vec::new();
-    for record in cfg.state.records()? {
+    for record in state.records()? {
         let keep = record.network != cfg.name
             || valid
                 .iter()
@@ -809,19 +1082,17 @@ fn gc(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
         if keep {
             continue;
         }
-        let mut failed = false;
-        if let Err(e) = remove_link(&record.netns, &record) {
-            errors.push(e);
-            failed = true;
-        }
-        if let Err(e) = record.remove_node() {
-            errors.push(e.into());
-            failed = true;
-        }
-        if let Some(id) = &record.device_id {
-            let _ = cfg
-                .state
-                .release_claim(id, &record.container_id, &record.ifname);
+        // An ADD or DEL of this container is running: it owns the record.
+        let Some(container) = state.try_lock_container(&record.container_id)? else {
+            continue;
+        };
+        let mut failed = Vec::new();
+        {
+            let _node_lock = match record.device_id {
+                Some(_) => Some(state.lock(cfg.policy.lock_timeout)?),
+                None => None,
+            };
+            failed.extend(teardown(&state, &record, None));
         }
         if let Some(i) = &cfg.ipam {
             let ipam = Ipam::new(&i.plugin, &env.path, stdin);
@@ -831,18 +1102,16 @@ fn gc(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
                 ("CNI_NETNS", record.netns.as_str()),
             ];
             if let Err(e) = ipam.exec("DEL", &overrides) {
-                errors.push(e);
-                failed = true;
+                failed.push(e);
             }
         }
-        if !failed {
-            if let Err(e) = cfg
-                .state
-                .remove_record(&record.container_id, &record.ifname)
-            {
-                errors.push(e.into());
+        if failed.is_empty() {
+            if let Err(e) = state.remove_record(&record.container_id, &record.ifname) {
+                failed.push(e.into());
             }
+            state.finish_container(container);
         }
+        errors.extend(failed);
     }
     combine(errors)
 }

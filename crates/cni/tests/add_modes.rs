@@ -14,6 +14,9 @@ const QEMU: u32 = 107;
 /// device node and the record. Returns the lab so callers can look further.
 fn attach_in_mode(test: &str, mode: Option<&str>, extra: Value) -> (Lab, Value, Link) {
     let lab = lab(test);
+    if mode == Some("source") {
+        lab.set_node_policy(&json!({"allowSourceMode": true}));
+    }
     let mut config = lab.config("1.0.0");
     if let Some(mode) = mode {
         config["mode"] = json!(mode);

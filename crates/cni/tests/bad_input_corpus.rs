@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
+use macvtap_testkit::STATE_DIR_ENV;
 
 /// No single run may take longer (the slowest legitimate one, with an
 /// IPAM plugin and a rollback, takes well under a second).
@@ -762,7 +763,10 @@ fn device_id_cases(t: &mut Table) {
     }
 }
 
-/// stateDirs that are not absolute, climb with `..`, or cannot be used.
+/// stateDirs: tenant input may only restate the node's state directory,
+/// so every other path in a configuration is refused (7) before anything
+/// is touched; and a node whose own state directory is unusable says so
+/// (106; 7 for a path that is not absolute or climbs with `..`).
 fn state_dir_cases(t: &mut Table) {
     const W: &[&str] = &["state"];
     let dir = t.lab.dir.path().to_path_buf();
@@ -772,9 +776,10 @@ fn state_dir_cases(t: &mut Table) {
     symlink(dir.join("nowhere/at/all"), &dangling).expect("symlink");
     let to_file = dir.join("to-file");
     symlink(&file, &to_file).expect("symlink");
+    let to_state = dir.join("to-state");
+    symlink(t.lab.state_dir(), &to_state).expect("symlink");
     let state = t.lab.state_dir().display().to_string();
-    // 7: not a usable path at all.
-    for s in [
+    let not_paths = [
         String::new(),
         "state".into(),
         "./state".into(),
@@ -782,48 +787,55 @@ fn state_dir_cases(t: &mut Table) {
         format!("{state}/../../escape"),
         format!("{}/a/./../b", dir.display()),
         "/tmp/..".into(),
-    ] {
-        t.patch(format!("stateDir {s:?}"), json!({ "stateDir": s }), &[7], W);
-    }
-    // 106: a path, but not a directory that can be used.
-    for (why, s) in [
+    ];
+    let unusable = [
         ("a regular file", file.display().to_string()),
         (
             "below a regular file",
             file.join("sub").display().to_string(),
         ),
         ("a symlink to a file", to_file.display().to_string()),
+        ("a dangling symlink", dangling.display().to_string()),
         ("a character device", "/dev/null".to_string()),
         ("below /dev/null", "/dev/null/state".to_string()),
-    ] {
-        // The message names the state directory or the path that failed.
-        t.patch(
-            format!("stateDir {why}"),
-            json!({ "stateDir": s }),
-            &[106],
-            &["state", &s],
+    ];
+    // In a configuration: anything but the node's own directory is 7.
+    for s in not_paths.iter().cloned().chain(unusable.iter().map(|(_, s)| s.clone())).chain([
+        to_state.display().to_string(),
+        "/proc/1/root/var/lib/macvtap".to_string(),
+        format!("{state}/\u{0}x"),
+        format!("{state}/{}", long('s', 5000)),
+        format!("/{}", long('s', 1 << 20)),
+    ]) {
+        let node_dir = state.clone();
+        let config = t.patched(t.base(), json!({ "stateDir": s }));
+        t.env(
+            format!("stateDir {:?} in the configuration", cut(&s, 60)),
+            move |p| p.env(STATE_DIR_ENV, node_dir).config(&config),
+            &[7],
+            &["stateDir", "node"],
         );
     }
-    // A NUL in the path, a path longer than PATH_MAX: invalid value (7) or
-    // unusable directory (106).
-    t.patch(
-        "stateDir with a NUL",
-        json!({"stateDir": format!("{state}\u{0}x")}),
-        &[7, 106],
-        W,
-    );
-    t.patch(
-        "stateDir longer than PATH_MAX",
-        json!({"stateDir": format!("{state}/{}", long('s', 5000))}),
-        &[7, 106],
-        W,
-    );
-    t.patch(
-        "stateDir of 1 MB",
-        json!({"stateDir": format!("/{}", long('s', 1 << 20))}),
-        &[7, 106],
-        &["state", "/ssssssss"],
-    );
+    // The node's own: unusable paths are 106, non-paths 7.
+    for s in not_paths {
+        let config = t.patched(t.base(), json!({ "stateDir": null }));
+        t.env(
+            format!("node state dir {s:?}"),
+            move |p| p.env(STATE_DIR_ENV, s).config(&config),
+            &[7],
+            W,
+        );
+    }
+    for (why, s) in unusable {
+        let config = t.patched(t.base(), json!({ "stateDir": null }));
+        let shown = s.clone();
+        t.env(
+            format!("node state dir {why}"),
+            move |p| p.env(STATE_DIR_ENV, s).config(&config),
+            &[106],
+            &["state", &shown],
+        );
+    }
 }
 
 /// The CNI_* environment: code 4 (3 for a namespace path that does not

@@ -98,6 +98,8 @@ fn adds_dels_and_failed_adds_change_nothing_outside_the_pod() {
     let lab = lab("sec-untouched");
     let state = lab.state_dir();
     write_resources(&state, &[Resource::new("dataplane", LOWER, 4, BASE)]);
+    // The administrator allows source mode on this node (it is off by default).
+    lab.set_node_policy(&json!({"allowSourceMode": true}));
     let failing_ipam = lab.fake_ipam("refuses", &json!({"code": 11, "msg": "no"}), 1);
     settle(&lab.node, LOWER);
     settle(&lab.lan, "lan0");
@@ -238,6 +240,7 @@ fn state_files_are_not_world_accessible_and_dev_tap_is_not_chowned() {
         state.clone(),
         state.join("pods"),
         state.join("pods").join(&lab.container_id),
+        state.join("locks"),
     ] {
         let m = mode(&dir);
         if m & 0o066 != 0 {
@@ -247,7 +250,7 @@ fn state_files_are_not_world_accessible_and_dev_tap_is_not_chowned() {
             ));
         }
     }
-    for file in [record.clone(), state.join("lock")] {
+    for file in [record.clone(), state.join("locks").join(&lab.container_id)] {
         let m = mode(&file);
         if m & 0o007 != 0 {
             problems.push(format!(

@@ -1,10 +1,12 @@
 //! Allocate: promise each device's ifindex and device node, record it, and
 //! for `attach: host` resources create the macvtap in the host namespace.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use macvtap_net::{make_device_node, MacvtapSpec, Netlink, SysfsView};
-use macvtap_state::{host_link_name, parse_device_id, AllocationRecord, Attach, StateDir};
+use macvtap_net::{MacvtapSpec, Netlink, SysfsView};
+use macvtap_state::{
+    host_link_name, parse_device_id, AllocationRecord, Attach, NodeRef, StateDir,
+};
 use tonic::Status;
 
 use crate::proto::deviceplugin::{AllocateResponse, ContainerAllocateResponse, DeviceSpec};
@@ -13,6 +15,10 @@ use crate::resource::Resource;
 /// Owner of the device nodes the daemon makes itself (`attach: host`):
 /// qemu in KubeVirt's images, as the CNI's default.
 pub const NODE_OWNER: u32 = 107;
+
+/// The longest wait for the node lock (held by the CNI only around short
+/// sections, never across IPAM).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Allocates devices of any resource against one state directory.
 #[derive(Debug)]
@@ -24,7 +30,7 @@ pub struct Allocator {
 #[derive(Default)]
 struct Undo {
     records: Vec<String>,
-    nodes: Vec<std::path::PathBuf>,
+    nodes: Vec<String>,
     links: Vec<u32>,
 }
 
@@ -64,7 +70,7 @@ impl Allocator {
         }
         let _lock = self
             .state
-            .lock()
+            .lock(LOCK_TIMEOUT)
             .map_err(|e| internal("state directory")(e.to_string()))?;
         let mut undo = Undo::default();
         let result = self.allocate_locked(resource, &planned, &mut undo);
@@ -82,9 +88,7 @@ impl Allocator {
     ) -> Result<AllocateResponse, Status> {
         let cfg = &resource.config;
         let mut netlink = None;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let mut grants = Vec::new();
         let mut container_responses = Vec::new();
         for devices in planned {
             let mut specs = Vec::new();
@@ -96,25 +100,24 @@ impl Allocator {
                             Some(Netlink::open().map_err(|e| internal("netlink")(e.to_string()))?);
                     }
                     let nl = netlink.as_mut().expect("opened above");
-                    self.host_link(nl, resource, *ifindex, &node_path, undo)?;
+                    self.host_link(nl, resource, id, *ifindex, undo)?;
                 } else {
                     // No pod holds the device (the kubelet allocates only free
                     // ones) and its CNI ADD has not run: a node here is a late
                     // or missed DEL's, naming some other tap. The pod's ADD
                     // makes the right one.
-                    macvtap_state::remove_file_if_exists(&node_path)
+                    self.state
+                        .remove_node(NodeRef::Device(id), None)
                         .map_err(|e| Status::internal(e.to_string()))?;
                 }
-                self.state
-                    .save_allocation(&AllocationRecord {
-                        device_id: id.clone(),
-                        resource: cfg.name.clone(),
-                        ifindex: *ifindex,
-                        node_path: node_path.clone(),
-                        attach: cfg.attach,
-                        allocated_at: now,
-                    })
-                    .map_err(|e| internal("allocation record")(e.to_string()))?;
+                // The grant: the pod's CNI ADD may use the device only with it.
+                grants.push(AllocationRecord::new(
+                    id,
+                    &cfg.name,
+                    *ifindex,
+                    node_path.clone(),
+                    cfg.attach,
+                ));
                 undo.records.push(id.clone());
                 specs.push(DeviceSpec {
                     container_path: format!("/dev/tap{ifindex}"),
@@ -127,6 +130,9 @@ impl Allocator {
                 ..Default::default()
             });
         }
+        self.state
+            .save_allocations(&grants)
+            .map_err(|e| internal("allocation record")(e.to_string()))?;
         Ok(AllocateResponse {
             container_responses,
         })
@@ -138,8 +144,8 @@ impl Allocator {
         &self,
         nl: &mut Netlink,
         resource: &Resource,
+        device_id: &str,
         ifindex: u32,
-        node_path: &std::path::Path,
         undo: &mut Undo,
     ) -> Result<(), Status> {
         let cfg = &resource.config;
@@ -187,13 +193,16 @@ impl Allocator {
             .map_err(|e| Status::internal(format!("sysfs: {e}")))?
             .tap_device_number(&name, ifindex)
             .map_err(nl_err)?;
-        if let Some(dir) = node_path.parent() {
-            self.state
-                .ensure_dir(dir)
-                .map_err(|e| Status::internal(e.to_string()))?;
-        }
-        make_device_node(node_path, dev, NODE_OWNER, NODE_OWNER).map_err(nl_err)?;
-        undo.nodes.push(node_path.to_path_buf());
+        undo.nodes.push(device_id.to_string());
+        self.state
+            .make_node(
+                NodeRef::Device(device_id),
+                dev.major,
+                dev.minor,
+                NODE_OWNER,
+                NODE_OWNER,
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(())
     }
 
@@ -201,8 +210,8 @@ impl Allocator {
         for id in undo.records.iter().rev() {
             let _ = self.state.remove_allocation(id);
         }
-        for node in undo.nodes.iter().rev() {
-            let _ = macvtap_state::remove_file_if_exists(node);
+        for id in undo.nodes.iter().rev() {
+            let _ = self.state.remove_node(NodeRef::Device(id), None);
         }
         if !undo.links.is_empty() {
             if let Ok(mut nl) = Netlink::open() {

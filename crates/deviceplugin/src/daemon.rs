@@ -224,8 +224,7 @@ impl Daemon {
 /// Run until SIGTERM or SIGINT.
 pub async fn run(config: Config, paths: Paths) -> Result<(), DaemonError> {
     let started = Instant::now();
-    let state = StateDir::new(&paths.state_dir)?;
-    state.ensure_dir(state.root())?;
+    let state = StateDir::open(&paths.state_dir)?;
     std::fs::create_dir_all(&paths.device_plugin_dir).map_err(|source| DaemonError::PluginDir {
         path: paths.device_plugin_dir.clone(),
         source,

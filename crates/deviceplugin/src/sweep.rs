@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use macvtap_net::Netlink;
-use macvtap_state::{host_link_name, remove_file_if_exists, Attach, StateDir};
+use macvtap_state::{host_link_name, Attach, NodeRef, StateDir};
 
 use crate::kubelet::devices_in_use;
 use crate::resource::Resource;
@@ -48,36 +48,26 @@ fn sweep_blocking(
     host_ranges: &[(String, u32, u32)],
 ) -> Swept {
     let mut swept = Swept::default();
-    let Ok(_lock) = state.lock() else {
+    let Ok(_lock) = state.lock(crate::allocate::LOCK_TIMEOUT) else {
         return swept;
     };
     // By file name, not by content: a record that cannot be read must not
     // stop the sweep, and a temporary file a crash left is litter.
-    let dir = state.root().join("allocations");
-    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in state.allocation_entries().unwrap_or_default() {
+        // Records are `<id>.json`; a crashed writer's are `.<id>.json.<pid>.tmp`.
         let id = name
-            .strip_suffix(".json")
-            .or_else(|| name.rsplit_once(".tmp").map(|(id, _)| id))
+            .trim_start_matches('.')
+            .split(".json")
+            .next()
             .unwrap_or(&name);
-        if !in_use.contains(id) && remove_file_if_exists(&entry.path()).is_ok() {
+        if !in_use.contains(id) && state.remove_allocation_entry(&name).is_ok() {
             swept.records += 1;
         }
     }
     // Temporary device nodes (`.<id>.<pid>.tmp`) a crash left.
-    for entry in std::fs::read_dir(state.root().join("dev"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            let _ = remove_file_if_exists(&entry.path());
-        }
-    }
+    state.remove_temp_nodes();
     for name in state.device_nodes().unwrap_or_default() {
-        if !in_use.contains(&name) && remove_file_if_exists(&state.device_node_path(&name)).is_ok()
-        {
+        if !in_use.contains(&name) && state.remove_node(NodeRef::Device(&name), None).is_ok() {
             swept.nodes += 1;
         }
     }

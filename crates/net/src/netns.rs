@@ -63,6 +63,18 @@ impl NetNs {
         &self.path
     }
 
+    /// The namespace's identity: device and inode of its nsfs file. A path
+    /// like /proc/<pid>/ns/net can name another namespace later; this
+    /// cannot while the namespace lives.
+    pub fn identity(&self) -> Result<(u64, u64)> {
+        let stat = nix::sys::stat::fstat(self.fd.as_fd()).map_err(|e| Error::Netns {
+            op: "stat",
+            path: self.path.clone(),
+            source: e.into(),
+        })?;
+        Ok((stat.st_dev, stat.st_ino))
+    }
+
     /// Raw fd, for `IFLA_NET_NS_FD`.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

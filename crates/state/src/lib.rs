@@ -8,21 +8,36 @@
 //! dev/<deviceID>                  device nodes for device-plugin devices
 //! pods/<containerID>/<if>.json    what the CNI made for one attachment
 //! pods/<containerID>/<if>.tap     device node of a standalone attachment
-//! lock                            serialises ADD/DEL/GC on the node
+//! claims/<deviceID>.json          which attachment holds a device-plugin device
+//! locks/<containerID>             one attachment's lock, held through IPAM
+//! lock                            the node lock, held only around short sections
 //! ```
+//!
+//! Every file is reached from the directory fd [`StateDir::open`] opened and
+//! checked (see `dir`): nothing is resolved by path again, and no path read
+//! from a file decides what is removed (device-node paths are recomputed
+//! from the deviceID or the container ID and interface name).
 //!
 //! A deviceID alone, with `resources.json`, tells the CNI everything it needs
 //! ([`NodeConfig::resolve`]): the kubelet reuses checkpointed allocations after
 //! a reboot without calling Allocate again, so no per-Allocate record may be
 //! required for an attach.
 
-use std::fs;
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+mod dir;
+mod lock;
+mod node;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use node::{
+    NodePolicy, DEFAULT_MAX_SOURCE_MACS, DEFAULT_NODE_CONFIG, NODE_CONFIG_ENV, STATE_DIR_ENV,
+};
 
 /// The default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/macvtap";
@@ -62,13 +77,22 @@ pub enum Error {
     /// A resource in the configuration is invalid.
     #[error("resource {name:?}: {why}")]
     BadResource { name: String, why: String },
+    /// The node policy file is unusable.
+    #[error("node policy {0}: {1}")]
+    BadPolicy(PathBuf, String),
+    /// A lock was held by someone else for the whole wait.
+    #[error("{what}: still held by another invocation after {}s; giving up", waited.as_secs())]
+    LockTimeout { what: String, waited: Duration },
+    /// A state file parses but says something no plugin would have written.
+    #[error("{path}: {why}")]
+    BadRecord { path: PathBuf, why: String },
 }
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
-    let path = path.to_path_buf();
+fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+    let path = path.into();
     move |source| Error::Io { op, path, source }
 }
 
@@ -208,7 +232,7 @@ impl NodeConfig {
     }
 
     /// Derive everything about `device_id`, or refuse it.
-    pub fn resolve(&self, state: &StateDir, device_id: &str) -> Result<ResolvedDevice> {
+    pub fn resolve(&self, state_root: &Path, device_id: &str) -> Result<ResolvedDevice> {
         let (name, index) = parse_device_id(device_id)?;
         let not_offered = |why: String| Error::NotOffered {
             id: device_id.to_string(),
@@ -231,9 +255,22 @@ impl NodeConfig {
             resource: resource.clone(),
             index,
             ifindex: resource.ifindex_base + index,
-            node_path: state.device_node_path(device_id),
+            node_path: state_root.join(DEV).join(device_id),
         })
     }
+}
+
+/// How far an ADD got: an intent is written before anything is made, so a
+/// crash at any later step leaves a record DEL and a retried ADD act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// About to create the link (whose MAC, and for devices ifindex, are
+    /// already chosen and recorded).
+    Intent,
+    /// Link and node made; this is the attachment.
+    #[default]
+    Attached,
 }
 
 /// An attachment the CNI made: enough to undo it without the network
@@ -245,16 +282,28 @@ pub struct AttachmentRecord {
     pub container_id: String,
     pub ifname: String,
     pub netns: String,
+    /// The namespace's identity (device and inode of its nsfs file): a
+    /// path such as /proc/<pid>/ns/net can name another namespace later.
+    #[serde(default)]
+    pub netns_dev: Option<u64>,
+    #[serde(default)]
+    pub netns_ino: Option<u64>,
+    #[serde(default)]
+    pub phase: Phase,
     /// The macvtap's ifindex inside the pod: DEL removes a link only if
     /// this still matches, so it never deletes a link it did not create.
+    /// 0 in an intent whose ifindex the kernel picks.
     pub ifindex: u32,
     pub device_id: Option<String>,
+    /// Where the node is (informational: the path used is recomputed).
     pub node_path: PathBuf,
     /// Which file the device node this attachment made is. Device-plugin
     /// nodes live at one path per deviceID, and a late DEL of a previous
     /// owner must not remove the node a new owner made there.
     #[serde(default, flatten)]
     pub node_identity: Option<NodeIdentity>,
+    /// The link's MAC, chosen before it is made: with the name and the
+    /// namespace, it identifies the link an interrupted ADD made.
     pub mac: String,
 }
 
@@ -270,41 +319,115 @@ pub struct NodeIdentity {
 }
 
 impl NodeIdentity {
-    /// The identity of the file at `path` (not following a symlink).
-    pub fn of(path: &Path) -> io::Result<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::symlink_metadata(path)?;
-        Ok(NodeIdentity {
-            node_inode: meta.ino(),
-            node_rdev: meta.rdev(),
-            node_ctime_ns: meta
-                .ctime()
+    fn of_stat(stat: &nix::sys::stat::FileStat) -> Self {
+        NodeIdentity {
+            node_inode: stat.st_ino,
+            node_rdev: stat.st_rdev,
+            node_ctime_ns: stat
+                .st_ctime
                 .saturating_mul(1_000_000_000)
-                .saturating_add(meta.ctime_nsec()),
-        })
-    }
-}
-
-impl AttachmentRecord {
-    /// Remove this attachment's device node if the file at its path is
-    /// still the one it made. Missing is fine.
-    pub fn remove_node(&self) -> Result<()> {
-        match NodeIdentity::of(&self.node_path) {
-            // A standalone node's path is this attachment's alone.
-            Ok(_) if self.device_id.is_none() => remove_file_if_exists(&self.node_path),
-            Ok(found) if self.node_identity.is_none_or(|made| made == found) => {
-                remove_file_if_exists(&self.node_path)
-            }
-            Ok(_) => Ok(()), // someone else's node now
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("stat", &self.node_path)(e)),
+                .saturating_add(stat.st_ctime_nsec),
         }
     }
 }
 
-/// What the device plugin promised at Allocate. Not needed to attach (the
-/// deviceID and `resources.json` suffice); it tells the start-up sweep and
-/// an operator what was handed out, and when.
+/// What a device node in the state is, as `lstat` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStat {
+    pub is_char_device: bool,
+    pub major: u32,
+    pub minor: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// Why an interface name is not one the kernel accepts, if it is not.
+pub fn invalid_ifname(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.len() > 15 {
+        Some("is longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("is not a valid interface name")
+    } else if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+    {
+        Some("contains '/', ':', whitespace or NUL")
+    } else {
+        None
+    }
+}
+
+impl AttachmentRecord {
+    /// Check every field as strictly as a configuration: a record decides
+    /// which link and which node are removed.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !is_safe_name(&self.container_id) {
+            return Err(format!("containerId {:?} is malformed", self.container_id));
+        }
+        if let Some(why) = invalid_ifname(&self.ifname) {
+            return Err(format!("ifname {:?} {why}", self.ifname));
+        }
+        if !self.netns.is_empty()
+            && (!self.netns.starts_with('/') || self.netns.len() > 4096 || self.netns.contains('\0'))
+        {
+            return Err(format!("netns {:?} is not an absolute path", self.netns));
+        }
+        if self.network.len() > 1024 {
+            return Err("network name is too long".into());
+        }
+        if self.ifindex == 0 && self.phase == Phase::Attached {
+            return Err("ifindex 0".into());
+        }
+        if self.ifindex > i32::MAX as u32 {
+            return Err(format!("ifindex {} is out of range", self.ifindex));
+        }
+        if let Some(id) = &self.device_id {
+            parse_device_id(id).map_err(|e| e.to_string())?;
+        }
+        if !self.mac.is_empty() {
+            macvtap_net::MacAddr::parse_unicast(&self.mac)
+                .map_err(|e| format!("mac {:?}: {e}", self.mac))?;
+        }
+        Ok(())
+    }
+
+    /// Where this attachment's device node is in the state.
+    pub fn node(&self) -> NodeRef<'_> {
+        match &self.device_id {
+            Some(id) => NodeRef::Device(id),
+            None => NodeRef::Standalone {
+                container_id: &self.container_id,
+                ifname: &self.ifname,
+            },
+        }
+    }
+
+    /// Does `ns` (device, inode) match the namespace this record names?
+    /// Older records without an identity match any.
+    pub fn same_netns(&self, dev: u64, ino: u64) -> bool {
+        match (self.netns_dev, self.netns_ino) {
+            (Some(d), Some(i)) => (d, i) == (dev, ino),
+            _ => true,
+        }
+    }
+}
+
+/// A pod as the kubelet names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// What the device plugin promised at Allocate: the grant that lets one
+/// pod's ADD use the device. A deviceID in a network configuration proves
+/// nothing; this file, which only the device plugin writes, does. It is
+/// durable: after a reboot the kubelet re-creates sandboxes with its
+/// checkpointed devices without calling Allocate again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AllocationRecord {
@@ -315,6 +438,58 @@ pub struct AllocationRecord {
     pub attach: Attach,
     /// Seconds since the epoch.
     pub allocated_at: u64,
+    /// A fresh random value per Allocate: a claim made under an older grant
+    /// is stale once the kubelet hands the device out again.
+    #[serde(default)]
+    pub grant: String,
+    /// The pod the kubelet gave the device to, once known (from the
+    /// PodResources API): then only that pod's ADD may claim it.
+    #[serde(default)]
+    pub pod: Option<PodRef>,
+}
+
+impl AllocationRecord {
+    /// A new grant for `device_id`.
+    pub fn new(
+        device_id: &str,
+        resource: &str,
+        ifindex: u32,
+        node_path: PathBuf,
+        attach: Attach,
+    ) -> Self {
+        AllocationRecord {
+            device_id: device_id.to_string(),
+            resource: resource.to_string(),
+            ifindex,
+            node_path,
+            attach,
+            allocated_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            grant: random_hex(16),
+            pod: None,
+        }
+    }
+}
+
+/// `n` random bytes as hex, from the kernel's generator.
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: getrandom writes at most `n - filled` bytes into the buffer's tail.
+        let got = unsafe {
+            libc::getrandom(
+                buf[filled..].as_mut_ptr().cast(),
+                n - filled,
+                0,
+            )
+        };
+        if got > 0 {
+            filled += got as usize;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Which attachment holds a device-plugin device: one pod at a time.
@@ -324,189 +499,416 @@ pub struct Claim {
     pub container_id: String,
     pub ifname: String,
     pub netns: String,
+    #[serde(default)]
+    pub netns_dev: Option<u64>,
+    #[serde(default)]
+    pub netns_ino: Option<u64>,
+    /// The grant this claim was made under.
+    #[serde(default)]
+    pub grant: String,
+    /// The claiming pod as the runtime named it (CNI_ARGS), if it did.
+    #[serde(default)]
+    pub pod: Option<PodRef>,
 }
 
-/// The state directory.
+/// A device node of the state, by what it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRef<'a> {
+    /// `dev/<deviceID>`: a device-plugin device.
+    Device(&'a str),
+    /// `pods/<containerID>/<ifname>.tap`: a standalone attachment.
+    Standalone {
+        container_id: &'a str,
+        ifname: &'a str,
+    },
+}
+
+/// A directory on a path every component of which was opened and checked.
+#[derive(Debug)]
+pub(crate) struct TrustedPath {
+    pub(crate) fd: OwnedFd,
+}
+
+fn check_path(path: &Path) -> Result<Vec<String>> {
+    let bad = || Error::BadStateDir(path.display().to_string());
+    if !path.is_absolute() {
+        return Err(bad());
+    }
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => parts.push(n.to_str().ok_or_else(bad)?.to_string()),
+            Component::ParentDir | Component::Prefix(_) => return Err(bad()),
+        }
+    }
+    Ok(parts)
+}
+
+impl TrustedPath {
+    fn walk(path: &Path, create: bool) -> Result<Option<Self>> {
+        let parts = check_path(path)?;
+        let root = std::fs::File::open("/").map_err(io_err("open", "/"))?;
+        let mut fd = OwnedFd::from(root);
+        let mut seen = PathBuf::from("/");
+        let untrusted = |seen: &Path, why: String| Error::Untrusted {
+            path: seen.to_path_buf(),
+            why,
+        };
+        let stat = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| io_err("stat", "/")(e.into()))?;
+        if let Some(why) = dir::untrusted(&stat, parts.is_empty()) {
+            return Err(untrusted(&seen, why));
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            seen.push(part);
+            let next = if create {
+                match nix::sys::stat::mkdirat(
+                    fd.as_fd(),
+                    part.as_str(),
+                    nix::sys::stat::Mode::from_bits_truncate(0o711),
+                ) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => return Err(io_err("create directory", &seen)(e.into())),
+                }
+                dir::open_dir(fd.as_fd(), part)
+            } else {
+                dir::open_dir(fd.as_fd(), part)
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
+                // ELOOP: a symlink or a magic link (/proc/<pid>/root) on the way.
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    return Err(untrusted(&seen, "is a symlink or a magic link".into()))
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    return Err(untrusted(&seen, "leaves the path it names".into()))
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                    return Err(untrusted(&seen, "not a directory".into()))
+                }
+                Err(e) => return Err(io_err("open", &seen)(e)),
+            };
+            let stat = nix::sys::stat::fstat(next.as_fd())
+                .map_err(|e| io_err("stat", &seen)(e.into()))?;
+            if let Some(why) = dir::untrusted(&stat, last) {
+                return Err(untrusted(&seen, why));
+            }
+            fd = next;
+        }
+        Ok(Some(TrustedPath { fd }))
+    }
+
+    /// Open the directory at `path` if it exists, checking every component.
+    pub(crate) fn open_existing(path: &Path) -> Result<Option<Self>> {
+        Self::walk(path, false)
+    }
+}
+
+/// The state directory, opened once and checked: every operation works
+/// relative to its fd. Cloning shares the fd.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    fd: Arc<OwnedFd>,
 }
 
-/// An exclusive lock on the state directory, released on drop.
+/// The node lock, released on drop.
 #[derive(Debug)]
 pub struct StateLock {
-    _file: fs::File,
+    _held: lock::Held,
 }
 
+/// One container's lock, released on drop; [`StateDir::finish_container`]
+/// also removes its file once the container's attachments are gone.
+#[derive(Debug)]
+pub struct ContainerLock {
+    held: lock::Held,
+    container_id: String,
+}
+
+const LOCKS: &str = "locks";
+const PODS: &str = "pods";
+const DEV: &str = "dev";
+const ALLOCATIONS: &str = "allocations";
+const CLAIMS: &str = "claims";
+
 impl StateDir {
-    /// Check the path; touches nothing.
-    pub fn new(root: &str) -> Result<Self> {
+    /// Open the state directory at `root`, creating what is missing (mode
+    /// 0711), and refuse it unless it and every directory above it can be
+    /// changed only by root (root-owned sticky directories like /tmp are
+    /// fine above it). No symlink or magic link is followed anywhere.
+    pub fn open(root: &str) -> Result<Self> {
         let path = Path::new(root);
-        if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
-            return Err(Error::BadStateDir(root.to_string()));
-        }
+        let trusted = TrustedPath::walk(path, true)?
+            .ok_or_else(|| Error::BadStateDir(root.to_string()))?;
         Ok(StateDir {
             root: path.to_path_buf(),
+            fd: Arc::new(trusted.fd),
         })
     }
 
+    /// The state directory's path (for messages and the paths handed to
+    /// others; never resolved again by this crate).
     pub fn root(&self) -> &Path {
         &self.root
     }
-    pub fn resources_path(&self) -> PathBuf {
-        self.root.join("resources.json")
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
+
+    fn sub(&self, name: &str) -> Result<OwnedFd> {
+        dir::ensure_dir(self.fd(), name).map_err(io_err("open", self.root.join(name)))
+    }
+
+    fn sub_existing(&self, name: &str) -> Result<Option<OwnedFd>> {
+        dir::existing_dir(self.fd(), name).map_err(io_err("open", self.root.join(name)))
+    }
+
+    fn pod_dir(&self, container_id: &str, create: bool) -> Result<Option<OwnedFd>> {
+        let path = || self.root.join(PODS).join(container_id);
+        if !is_safe_name(container_id) {
+            return Err(Error::BadRecord {
+                path: path(),
+                why: "container ID is not a safe file name".into(),
+            });
+        }
+        if create {
+            let pods = self.sub(PODS)?;
+            return dir::ensure_dir(pods.as_fd(), container_id)
+                .map(Some)
+                .map_err(io_err("open", path()));
+        }
+        let Some(pods) = self.sub_existing(PODS)? else {
+            return Ok(None);
+        };
+        dir::existing_dir(pods.as_fd(), container_id).map_err(io_err("open", path()))
+    }
+
+    /// The path of a device-plugin device's node (the `host_path` of Allocate).
     pub fn device_node_path(&self, device_id: &str) -> PathBuf {
-        self.root.join("dev").join(device_id)
+        self.root.join(DEV).join(device_id)
     }
-    pub fn allocation_path(&self, device_id: &str) -> PathBuf {
-        self.root
-            .join("allocations")
-            .join(format!("{device_id}.json"))
-    }
-    pub fn pods_dir(&self) -> PathBuf {
-        self.root.join("pods")
-    }
-    pub fn pod_dir(&self, container_id: &str) -> PathBuf {
-        self.pods_dir().join(container_id)
-    }
-    pub fn record_path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.pod_dir(container_id).join(format!("{ifname}.json"))
-    }
+
+    /// The path of a standalone attachment's node.
     pub fn standalone_node_path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.pod_dir(container_id).join(format!("{ifname}.tap"))
+        self.root
+            .join(PODS)
+            .join(container_id)
+            .join(format!("{ifname}.tap"))
     }
 
-    /// Create a directory of the state (and its parents), mode 0711: others
-    /// may reach a device node whose path they know, not list the state.
-    pub fn ensure_dir(&self, dir: &Path) -> Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(dir)
-            .map_err(io_err("create directory", dir))
-    }
-
-    /// Refuse a state directory that anyone but root could change, or that
-    /// sits below such a directory. The path can come from a network
-    /// configuration a namespace admin wrote; files in it decide which node
-    /// the plugin removes and which devices it hands out, so a writable one
-    /// would let a tenant steer a root process. World-writable directories
-    /// with the sticky bit (like /tmp) are accepted when root owns them.
-    pub fn verify_trusted(&self) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let real = fs::canonicalize(&self.root).map_err(io_err("resolve", &self.root))?;
-        for dir in real.ancestors() {
-            let meta = fs::metadata(dir).map_err(io_err("stat", dir))?;
-            let untrusted = |why: String| Error::Untrusted {
-                path: dir.to_path_buf(),
-                why,
-            };
-            if !meta.is_dir() {
-                return Err(untrusted("not a directory".into()));
-            }
-            if meta.uid() != 0 {
-                return Err(untrusted(format!("owned by uid {}", meta.uid())));
-            }
-            let writable_by_others = meta.mode() & 0o022 != 0;
-            let sticky = meta.mode() & 0o1000 != 0;
-            if writable_by_others && !(sticky && dir != real) {
-                return Err(untrusted(format!(
-                    "mode {:o} lets others write",
-                    meta.mode() & 0o7777
-                )));
-            }
+    /// The path of a node, for messages.
+    pub fn node_path(&self, node: NodeRef<'_>) -> PathBuf {
+        match node {
+            NodeRef::Device(id) => self.device_node_path(id),
+            NodeRef::Standalone {
+                container_id,
+                ifname,
+            } => self.standalone_node_path(container_id, ifname),
         }
-        Ok(())
     }
 
-    /// Take the node-wide lock (blocking), creating the directory if needed
-    /// and checking that only root can change it ([`StateDir::verify_trusted`]).
-    pub fn lock(&self) -> Result<StateLock> {
-        self.ensure_dir(&self.root)?;
-        self.verify_trusted()?;
+    /// The node lock, waiting at most `timeout`. Held only around short
+    /// sections (never across IPAM or another process).
+    pub fn lock(&self, timeout: Duration) -> Result<StateLock> {
         let path = self.root.join("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        // SAFETY: flock on an fd we own; the lock goes with the file.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err("lock", &path)(io::Error::last_os_error()));
+        match lock::lock(self.fd(), "lock", timeout) {
+            Ok(held) => Ok(StateLock { _held: held }),
+            Err(lock::LockError::TimedOut) => Err(Error::LockTimeout {
+                what: format!("node lock {}", path.display()),
+                waited: timeout,
+            }),
+            Err(lock::LockError::Io(e)) => Err(io_err("lock", path)(e)),
         }
-        Ok(StateLock { _file: file })
+    }
+
+    /// The lock of one container's attachments, waiting at most `timeout`.
+    pub fn lock_container(&self, container_id: &str, timeout: Duration) -> Result<ContainerLock> {
+        let path = self.root.join(LOCKS).join(container_id);
+        if !is_safe_name(container_id) {
+            return Err(Error::BadStateDir(path.display().to_string()));
+        }
+        let locks = self.sub(LOCKS)?;
+        match lock::lock(locks.as_fd(), container_id, timeout) {
+            Ok(held) => Ok(ContainerLock {
+                held,
+                container_id: container_id.to_string(),
+            }),
+            Err(lock::LockError::TimedOut) => Err(Error::LockTimeout {
+                what: format!("lock of container {container_id} ({})", path.display()),
+                waited: timeout,
+            }),
+            Err(lock::LockError::Io(e)) => Err(io_err("lock", path)(e)),
+        }
+    }
+
+    /// The lock of one container if nobody holds it now.
+    pub fn try_lock_container(&self, container_id: &str) -> Result<Option<ContainerLock>> {
+        let path = self.root.join(LOCKS).join(container_id);
+        if !is_safe_name(container_id) {
+            return Err(Error::BadStateDir(path.display().to_string()));
+        }
+        let locks = self.sub(LOCKS)?;
+        match lock::try_lock(locks.as_fd(), container_id) {
+            Ok(held) => Ok(held.map(|held| ContainerLock {
+                held,
+                container_id: container_id.to_string(),
+            })),
+            Err(lock::LockError::TimedOut) => Ok(None),
+            Err(lock::LockError::Io(e)) => Err(io_err("lock", path)(e)),
+        }
+    }
+
+    /// Release a container's lock and, if it has no attachment left,
+    /// remove its lock file and its (empty) pod directory. Waiters on the
+    /// old file notice and start over on a new one.
+    pub fn finish_container(&self, lock: ContainerLock) {
+        let has_records = self
+            .pod_dir(&lock.container_id, false)
+            .ok()
+            .flatten()
+            .and_then(|d| dir::list(d.as_fd()).ok())
+            .is_some_and(|names| names.iter().any(|n| n.ends_with(".json")));
+        if !has_records {
+            if let Ok(Some(pods)) = self.sub_existing(PODS) {
+                dir::remove_empty_dir(pods.as_fd(), &lock.container_id);
+            }
+            if let Ok(Some(locks)) = self.sub_existing(LOCKS) {
+                let _ = dir::unlink(locks.as_fd(), &lock.container_id);
+            }
+        }
+        drop(lock.held);
     }
 
     /// Load `resources.json`; a missing file is an empty configuration.
     pub fn load_config(&self) -> Result<NodeConfig> {
-        match read_json(&self.resources_path())? {
-            Some(config) => Ok(config),
-            None => Ok(NodeConfig::default()),
-        }
+        Ok(self
+            .read_json(self.fd(), "resources.json", &self.root)?
+            .unwrap_or_default())
     }
 
     /// Persist the resource configuration (atomically, durably).
     pub fn save_config(&self, config: &NodeConfig) -> Result<()> {
         config.validate()?;
-        self.ensure_dir(&self.root)?;
-        write_json(&self.resources_path(), config, true)
+        self.write_json(self.fd(), "resources.json", &self.root, config, true)
     }
 
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        dir_path: &Path,
+    ) -> Result<Option<T>> {
+        let path = dir_path.join(name);
+        match dir::read_file(dir, name) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| Error::Corrupt { path, source }),
+            Ok(None) => Ok(None),
+            Err(e) => Err(io_err("read", path)(e)),
+        }
+    }
+
+    fn write_json<T: Serialize>(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        dir_path: &Path,
+        value: &T,
+        durable: bool,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
+        dir::write_file(dir, name, &bytes, durable).map_err(io_err("write", dir_path.join(name)))
+    }
+
+    /// The attachment record of `container_id`/`ifname`, validated.
     pub fn load_record(
         &self,
         container_id: &str,
         ifname: &str,
     ) -> Result<Option<AttachmentRecord>> {
-        read_json(&self.record_path(container_id, ifname))
+        let Some(pod) = self.pod_dir(container_id, false)? else {
+            return Ok(None);
+        };
+        let name = format!("{ifname}.json");
+        let dir_path = self.root.join(PODS).join(container_id);
+        let record: Option<AttachmentRecord> = self.read_json(pod.as_fd(), &name, &dir_path)?;
+        if let Some(r) = &record {
+            let why = if r.container_id != container_id || r.ifname != ifname {
+                Some("names another attachment".to_string())
+            } else {
+                r.validate().err()
+            };
+            if let Some(why) = why {
+                return Err(Error::BadRecord {
+                    path: dir_path.join(name),
+                    why,
+                });
+            }
+        }
+        Ok(record)
     }
 
+    /// Write an attachment record. Attachments do not outlive a reboot
+    /// (their namespaces do not), so no fsync on the CNI's hot path.
     pub fn save_record(&self, record: &AttachmentRecord) -> Result<()> {
-        self.ensure_dir(&self.pod_dir(&record.container_id))?;
-        // Attachments do not outlive a reboot (their namespaces do not), so
-        // no fsync on the CNI's hot path.
-        write_json(
-            &self.record_path(&record.container_id, &record.ifname),
+        let dir_path = self.root.join(PODS).join(&record.container_id);
+        record.validate().map_err(|why| Error::BadRecord {
+            path: dir_path.clone(),
+            why,
+        })?;
+        let pod = self
+            .pod_dir(&record.container_id, true)?
+            .expect("created above");
+        self.write_json(
+            pod.as_fd(),
+            &format!("{}.json", record.ifname),
+            &dir_path,
             record,
             false,
         )
     }
 
-    /// Remove a record and its pod directory once empty. Missing is fine.
+    /// Remove an attachment's record, its standalone node and any temporary
+    /// file an interrupted writer left for them. Missing is fine.
     pub fn remove_record(&self, container_id: &str, ifname: &str) -> Result<()> {
-        let path = self.record_path(container_id, ifname);
-        remove_file_if_exists(&path)?;
-        let _ = fs::remove_dir(self.pod_dir(container_id)); // only succeeds when empty
-        Ok(())
-    }
-
-    /// Persist an allocation (durably: it must survive a reboot).
-    pub fn save_allocation(&self, record: &AllocationRecord) -> Result<()> {
-        self.ensure_dir(&self.root.join("allocations"))?;
-        write_json(&self.allocation_path(&record.device_id), record, true)
-    }
-
-    /// Remove an allocation record; missing is fine.
-    pub fn remove_allocation(&self, device_id: &str) -> Result<()> {
-        remove_file_if_exists(&self.allocation_path(device_id))
-    }
-
-    /// Every allocation record.
-    pub fn allocations(&self) -> Result<Vec<AllocationRecord>> {
-        let dir = self.root.join("allocations");
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("read", &dir)(e)),
+        let Some(pod) = self.pod_dir(container_id, false)? else {
+            return Ok(());
         };
+        let dir_path = self.root.join(PODS).join(container_id);
+        let record = format!("{ifname}.json");
+        let node = format!("{ifname}.tap");
+        for entry in dir::list(pod.as_fd()).unwrap_or_default() {
+            if dir::is_temp_of(&entry, &record) || dir::is_temp_of(&entry, &node) {
+                let _ = dir::unlink(pod.as_fd(), &entry);
+            }
+        }
+        dir::unlink(pod.as_fd(), &record).map_err(io_err("remove", dir_path.join(&record)))
+    }
+
+    /// Every valid attachment record under `pods/`. An unreadable or
+    /// invalid one is skipped: it must not stop GC for the whole node.
+    pub fn records(&self) -> Result<Vec<AttachmentRecord>> {
         let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                if let Some(record) = read_json(&path)? {
+        let Some(pods) = self.sub_existing(PODS)? else {
+            return Ok(out);
+        };
+        let containers = dir::list(pods.as_fd()).map_err(io_err("read", self.root.join(PODS)))?;
+        for container_id in containers.iter().filter(|c| is_safe_name(c)) {
+            let Ok(Some(pod)) = self.pod_dir(container_id, false) else {
+                continue;
+            };
+            for name in dir::list(pod.as_fd()).unwrap_or_default() {
+                let Some(ifname) = name.strip_suffix(".json") else {
+                    continue;
+                };
+                if name.starts_with('.') {
+                    continue;
+                }
+                if let Ok(Some(record)) = self.load_record(container_id, ifname) {
                     out.push(record);
                 }
             }
@@ -514,115 +916,242 @@ impl StateDir {
         Ok(out)
     }
 
-    /// The file names under `dev/` (device nodes of device-plugin devices).
-    pub fn device_nodes(&self) -> Result<Vec<String>> {
-        let dir = self.root.join("dev");
-        match fs::read_dir(&dir) {
-            Ok(entries) => Ok(entries
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| !n.starts_with('.'))
-                .collect()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io_err("read", &dir)(e)),
+    /// Persist one allocation (durably: it must survive a reboot).
+    pub fn save_allocation(&self, record: &AllocationRecord) -> Result<()> {
+        self.save_allocations(std::slice::from_ref(record))
+    }
+
+    /// Persist allocations, made durable with one sync of the directory
+    /// after all are written (not one fsync per file).
+    pub fn save_allocations(&self, records: &[AllocationRecord]) -> Result<()> {
+        let dir_path = self.root.join(ALLOCATIONS);
+        let dir = self.sub(ALLOCATIONS)?;
+        for record in records {
+            parse_device_id(&record.device_id)?;
+            self.write_json(
+                dir.as_fd(),
+                &format!("{}.json", record.device_id),
+                &dir_path,
+                record,
+                false,
+            )?;
         }
-    }
-
-    pub fn claim_path(&self, device_id: &str) -> PathBuf {
-        self.root.join("claims").join(format!("{device_id}.json"))
-    }
-
-    /// Who holds `device_id`, if anyone recorded it. Unreadable counts as
-    /// nobody: a claim is re-checked against its attachment anyway.
-    pub fn load_claim(&self, device_id: &str) -> Option<Claim> {
-        read_json(&self.claim_path(device_id)).ok().flatten()
-    }
-
-    pub fn save_claim(&self, device_id: &str, claim: &Claim) -> Result<()> {
-        self.ensure_dir(&self.root.join("claims"))?;
-        write_json(&self.claim_path(device_id), claim, false)
-    }
-
-    /// Drop the claim on `device_id` if this attachment holds it.
-    pub fn release_claim(&self, device_id: &str, container_id: &str, ifname: &str) -> Result<()> {
-        match self.load_claim(device_id) {
-            Some(c) if c.container_id != container_id || c.ifname != ifname => Ok(()),
-            _ => remove_file_if_exists(&self.claim_path(device_id)),
+        if !records.is_empty() {
+            // syncfs: the files' data and the directory's new entries, in one call.
+            nix::unistd::syncfs(dir.as_fd()).map_err(|e| io_err("sync", &dir_path)(e.into()))?;
         }
+        Ok(())
     }
 
-    /// Every attachment record under `pods/`.
-    pub fn records(&self) -> Result<Vec<AttachmentRecord>> {
-        let mut out = Vec::new();
-        let pods = self.pods_dir();
-        let entries = match fs::read_dir(&pods) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io_err("read", &pods)(e)),
+    /// The allocation (grant) of `device_id`, if the device plugin made one.
+    pub fn load_allocation(&self, device_id: &str) -> Result<Option<AllocationRecord>> {
+        parse_device_id(device_id)?;
+        let Some(dir) = self.sub_existing(ALLOCATIONS)? else {
+            return Ok(None);
         };
-        for pod in entries.flatten() {
-            let Ok(files) = fs::read_dir(pod.path()) else {
-                continue;
-            };
-            for file in files.flatten() {
-                let path = file.path();
-                // An unreadable record must not stop GC for the whole node.
-                if path.extension().is_some_and(|e| e == "json") {
-                    if let Ok(Some(record)) = read_json(&path) {
-                        out.push(record);
-                    }
+        let dir_path = self.root.join(ALLOCATIONS);
+        let name = format!("{device_id}.json");
+        let record: Option<AllocationRecord> = self.read_json(dir.as_fd(), &name, &dir_path)?;
+        match record {
+            Some(r) if r.device_id != device_id => Err(Error::BadRecord {
+                path: dir_path.join(name),
+                why: "names another device".into(),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Remove an allocation record; missing is fine.
+    pub fn remove_allocation(&self, device_id: &str) -> Result<()> {
+        parse_device_id(device_id)?;
+        self.remove_allocation_entry(&format!("{device_id}.json"))
+    }
+
+    /// The file names under `allocations/` (records and temporary files),
+    /// for a sweep that must not depend on their contents.
+    pub fn allocation_entries(&self) -> Result<Vec<String>> {
+        match self.sub_existing(ALLOCATIONS)? {
+            Some(dir) => dir::list(dir.as_fd()).map_err(io_err("read", self.root.join(ALLOCATIONS))),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Remove one entry of `allocations/` by name.
+    pub fn remove_allocation_entry(&self, name: &str) -> Result<()> {
+        let Some(dir) = self.sub_existing(ALLOCATIONS)? else {
+            return Ok(());
+        };
+        dir::unlink(dir.as_fd(), name).map_err(io_err("remove", self.root.join(ALLOCATIONS).join(name)))
+    }
+
+    /// Every readable allocation record.
+    pub fn allocations(&self) -> Result<Vec<AllocationRecord>> {
+        let mut out = Vec::new();
+        for name in self.allocation_entries()? {
+            if let Some(id) = name.strip_suffix(".json").filter(|_| !name.starts_with('.')) {
+                if let Ok(Some(record)) = self.load_allocation(id) {
+                    out.push(record);
                 }
             }
         }
         Ok(out)
     }
-}
 
-/// Remove a file; already gone is success.
-pub fn remove_file_if_exists(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
-        _ => Ok(()),
-    }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| Error::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("read", path)(e)),
-    }
-}
-
-/// Write JSON under a temporary name and rename it into place, so readers
-/// see the old or the new file, never half of one. Files are 0600.
-fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let result = (|| {
-        let _ = fs::remove_file(&tmp); // a leftover of a crashed writer
-        let mut file = fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
-        file.write_all(&bytes).map_err(io_err("write", &tmp))?;
-        if durable {
-            file.sync_all().map_err(io_err("sync", &tmp))?;
+    fn node_dir(&self, node: NodeRef<'_>, create: bool) -> Result<Option<(OwnedFd, String)>> {
+        match node {
+            NodeRef::Device(id) => {
+                parse_device_id(id)?;
+                let dir = if create {
+                    Some(self.sub(DEV)?)
+                } else {
+                    self.sub_existing(DEV)?
+                };
+                Ok(dir.map(|d| (d, id.to_string())))
+            }
+            NodeRef::Standalone {
+                container_id,
+                ifname,
+            } => {
+                if let Some(why) = invalid_ifname(ifname) {
+                    return Err(Error::BadRecord {
+                        path: self.node_path(node),
+                        why: format!("ifname {why}"),
+                    });
+                }
+                Ok(self
+                    .pod_dir(container_id, create)?
+                    .map(|d| (d, format!("{ifname}.tap"))))
+            }
         }
-        fs::rename(&tmp, path).map_err(io_err("rename", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    result
+
+    /// Make (or replace) a device node for `major:minor`, owned by
+    /// `uid:gid`, mode 0660, and return its identity.
+    pub fn make_node(
+        &self,
+        node: NodeRef<'_>,
+        major: u32,
+        minor: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<NodeIdentity> {
+        let path = self.node_path(node);
+        let (dir, name) = self.node_dir(node, true)?.expect("created above");
+        dir::make_node(dir.as_fd(), &name, libc::makedev(major, minor), uid, gid)
+            .map_err(io_err("make device node", &path))?;
+        let stat = dir::stat(dir.as_fd(), &name)
+            .map_err(io_err("stat", &path))?
+            .ok_or_else(|| io_err("stat", &path)(io::ErrorKind::NotFound.into()))?;
+        Ok(NodeIdentity::of_stat(&stat))
+    }
+
+    /// `lstat` a node; `None` if missing.
+    pub fn node_stat(&self, node: NodeRef<'_>) -> Result<Option<NodeStat>> {
+        let path = self.node_path(node);
+        let Some((dir, name)) = self.node_dir(node, false)? else {
+            return Ok(None);
+        };
+        Ok(dir::stat(dir.as_fd(), &name)
+            .map_err(io_err("stat", &path))?
+            .map(|s| NodeStat {
+                is_char_device: s.st_mode & libc::S_IFMT == libc::S_IFCHR,
+                major: libc::major(s.st_rdev),
+                minor: libc::minor(s.st_rdev),
+                uid: s.st_uid,
+                gid: s.st_gid,
+                mode: s.st_mode & 0o7777,
+            }))
+    }
+
+    /// Remove a node if it is still the file `made` (any file, for `None`:
+    /// a standalone node's path is its attachment's alone), with the
+    /// temporary files an interrupted maker left. Missing is fine.
+    pub fn remove_node(&self, node: NodeRef<'_>, made: Option<NodeIdentity>) -> Result<()> {
+        let path = self.node_path(node);
+        let Some((dir, name)) = self.node_dir(node, false)? else {
+            return Ok(());
+        };
+        for entry in dir::list(dir.as_fd()).unwrap_or_default() {
+            if dir::is_temp_of(&entry, &name) {
+                let _ = dir::unlink(dir.as_fd(), &entry);
+            }
+        }
+        let Some(found) = dir::stat(dir.as_fd(), &name).map_err(io_err("stat", &path))? else {
+            return Ok(());
+        };
+        let ours = match (node, made) {
+            (NodeRef::Standalone { .. }, _) | (_, None) => true,
+            (NodeRef::Device(_), Some(made)) => made == NodeIdentity::of_stat(&found),
+        };
+        if ours {
+            dir::unlink(dir.as_fd(), &name).map_err(io_err("remove", &path))?;
+        }
+        Ok(())
+    }
+
+    /// The device-plugin nodes under `dev/`, by deviceID.
+    pub fn device_nodes(&self) -> Result<Vec<String>> {
+        match self.sub_existing(DEV)? {
+            Some(dir) => Ok(dir::list(dir.as_fd())
+                .map_err(io_err("read", self.root.join(DEV)))?
+                .into_iter()
+                .filter(|n| !n.starts_with('.'))
+                .collect()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Remove the temporary files an interrupted node maker left in `dev/`.
+    pub fn remove_temp_nodes(&self) -> usize {
+        let Ok(Some(dir)) = self.sub_existing(DEV) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in dir::list(dir.as_fd()).unwrap_or_default() {
+            if entry.starts_with('.') && entry.ends_with(".tmp") && dir::unlink(dir.as_fd(), &entry).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Who holds `device_id`, if anyone recorded it. Unreadable counts as
+    /// nobody: a claim is re-checked against its attachment anyway.
+    pub fn load_claim(&self, device_id: &str) -> Option<Claim> {
+        parse_device_id(device_id).ok()?;
+        let dir = self.sub_existing(CLAIMS).ok()??;
+        self.read_json(dir.as_fd(), &format!("{device_id}.json"), &self.root.join(CLAIMS))
+            .ok()
+            .flatten()
+    }
+
+    pub fn save_claim(&self, device_id: &str, claim: &Claim) -> Result<()> {
+        parse_device_id(device_id)?;
+        let dir = self.sub(CLAIMS)?;
+        self.write_json(
+            dir.as_fd(),
+            &format!("{device_id}.json"),
+            &self.root.join(CLAIMS),
+            claim,
+            false,
+        )
+    }
+
+    /// Drop the claim on `device_id` if this attachment holds it.
+    pub fn release_claim(&self, device_id: &str, container_id: &str, ifname: &str) -> Result<()> {
+        parse_device_id(device_id)?;
+        match self.load_claim(device_id) {
+            Some(c) if c.container_id != container_id || c.ifname != ifname => Ok(()),
+            _ => {
+                let Some(dir) = self.sub_existing(CLAIMS)? else {
+                    return Ok(());
+                };
+                let name = format!("{device_id}.json");
+                dir::unlink(dir.as_fd(), &name)
+                    .map_err(io_err("remove", self.root.join(CLAIMS).join(name)))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -640,14 +1169,14 @@ mod tests {
 
     #[test]
     fn resolves_device_ids_from_configuration_alone() {
-        let state = StateDir::new("/var/lib/macvtap").unwrap();
+        let state = Path::new("/var/lib/macvtap");
         let cfg = config();
         cfg.validate().unwrap();
-        let dev = cfg.resolve(&state, "dataplane-3").unwrap();
+        let dev = cfg.resolve(state, "dataplane-3").unwrap();
         assert_eq!(dev.ifindex, 4099);
         assert_eq!(dev.resource.mode, "bridge");
         assert_eq!(dev.node_path, Path::new("/var/lib/macvtap/dev/dataplane-3"));
-        let host = cfg.resolve(&state, "lan-b-99").unwrap();
+        let host = cfg.resolve(state, "lan-b-99").unwrap();
         assert_eq!(host.resource.lower_device, "eth1");
         assert_eq!(host.resource.attach, Attach::Host);
         assert_eq!(host.host_link_name(), "mvtap5099");
@@ -655,11 +1184,11 @@ mod tests {
 
     #[test]
     fn refuses_device_ids_nobody_offers() {
-        let state = StateDir::new("/s").unwrap();
+        let state = Path::new("/s");
         let cfg = config();
         for id in ["dataplane-4", "other-0", "lan-b-100"] {
             assert!(
-                matches!(cfg.resolve(&state, id), Err(Error::NotOffered { .. })),
+                matches!(cfg.resolve(state, id), Err(Error::NotOffered { .. })),
                 "{id}"
             );
         }
@@ -674,7 +1203,7 @@ mod tests {
             "",
         ] {
             assert!(
-                matches!(cfg.resolve(&state, id), Err(Error::MalformedDeviceId(_))),
+                matches!(cfg.resolve(state, id), Err(Error::MalformedDeviceId(_))),
                 "{id}"
             );
         }
@@ -716,8 +1245,11 @@ mod tests {
 
     #[test]
     fn state_dir_must_be_absolute_and_plain() {
-        assert!(StateDir::new("relative/dir").is_err());
-        assert!(StateDir::new("/var/lib/../../etc").is_err());
-        assert!(StateDir::new("/var/lib/macvtap").is_ok());
+        assert!(check_path(Path::new("relative/dir")).is_err());
+        assert!(check_path(Path::new("/var/lib/../../etc")).is_err());
+        assert_eq!(
+            check_path(Path::new("/var/lib/macvtap")).unwrap(),
+            ["var", "lib", "macvtap"]
+        );
     }
 }

@@ -161,10 +161,29 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// The node policy file the lab's invocations read (absent: the
+    /// built-in policy).
+    pub fn node_policy_path(&self) -> PathBuf {
+        self.dir.path().join("node.json")
+    }
+
+    /// Write the node's policy (what an administrator puts in
+    /// /etc/macvtap/node.json) for the lab's invocations.
+    pub fn set_node_policy(&self, policy: &Value) {
+        let path = self.node_policy_path();
+        fs::write(&path, policy.to_string())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
     /// A fully prepared invocation: the lab's container, POD as CNI_NETNS,
-    /// `net1`, CNI_PATH with the lab's bin dir then /usr/lib/cni.
+    /// `net1`, CNI_PATH with the lab's bin dir then /usr/lib/cni, the lab's
+    /// node policy.
     pub fn plugin(&self, command: &str, config: &Value) -> Plugin {
         Plugin::new(&self.binary, self.node.path())
+            .env(
+                crate::plugin::NODE_CONFIG_ENV,
+                self.node_policy_path().to_string_lossy(),
+            )
             .command(command)
             .container_id(&self.container_id)
             .netns(self.pod.path())

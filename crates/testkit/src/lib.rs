@@ -25,8 +25,10 @@ pub use monitor::LinkMonitor;
 pub use mount::TmpfsMount;
 pub use names::{require_root, unique_name};
 pub use netns::Netns;
-pub use plugin::{Plugin, PluginOutput};
-pub use resources::{write_resources, write_resources_json, Resource};
+pub use plugin::{Plugin, PluginOutput, NODE_CONFIG_ENV, NO_NODE_POLICY, STATE_DIR_ENV};
+pub use resources::{
+    grant, grant_to_pod, write_resources, write_resources_json, write_resources_ungranted, Resource,
+};
 pub use tempdir::TempDir;
 
 /// Every CNI spec version the plugin promises to implement.

@@ -16,6 +16,12 @@ use serde_json::Value;
 
 use crate::names::require_root;
 
+/// The node policy's environment variables (as `macvtap_state` reads them).
+pub const STATE_DIR_ENV: &str = "MACVTAP_STATE_DIR";
+pub const NODE_CONFIG_ENV: &str = "MACVTAP_NODE_CONFIG";
+/// A node policy path that names no file: the built-in policy.
+pub const NO_NODE_POLICY: &str = "/nonexistent/macvtap-node.json";
+
 /// A prepared plugin invocation. Builder-style setters return a new value so
 /// one base invocation can be varied per case.
 #[derive(Debug, Clone)]
@@ -112,8 +118,31 @@ impl Plugin {
 
     /// Runs the plugin to completion (killing it, by pid, if it outlives
     /// the timeout) and captures everything it said.
+    ///
+    /// The harness plays the node's administrator too: unless the test set
+    /// them, `MACVTAP_STATE_DIR` is the configuration's `stateDir` (so the
+    /// configuration restates the node's, which the plugin accepts) and
+    /// `MACVTAP_NODE_CONFIG` names no file (built-in policy, whatever this
+    /// machine's /etc holds).
     pub fn run(&self) -> PluginOutput {
         require_root();
+        let mut plugin = self.clone();
+        if !plugin.env.contains_key(STATE_DIR_ENV) {
+            let dir = serde_json::from_slice::<Value>(&plugin.stdin)
+                .ok()
+                .and_then(|v| v.get("stateDir").and_then(Value::as_str).map(str::to_string));
+            if let Some(dir) = dir {
+                plugin.env.insert(STATE_DIR_ENV.into(), dir);
+            }
+        }
+        plugin
+            .env
+            .entry(NODE_CONFIG_ENV.into())
+            .or_insert_with(|| NO_NODE_POLICY.into());
+        plugin.run_as_given()
+    }
+
+    fn run_as_given(&self) -> PluginOutput {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.host_netns.display()))
             .arg("--")

@@ -52,10 +52,58 @@ impl Resource {
     }
 }
 
-/// Writes `{"resources": [...]}` to `<state_dir>/resources.json`.
+/// Writes `{"resources": [...]}` to `<state_dir>/resources.json`, and a
+/// grant for every device, as the device plugin leaves the node once the
+/// kubelet has allocated each (the CNI refuses a deviceID without one).
+/// Tests of the grant itself use [`write_resources_ungranted`] and [`grant`].
 pub fn write_resources(state_dir: &Path, resources: &[Resource]) {
+    write_resources_ungranted(state_dir, resources);
+    for r in resources {
+        let ids: Vec<String> = (0..r.capacity).map(|i| format!("{}-{i}", r.name)).collect();
+        grant(state_dir, r, &ids);
+    }
+}
+
+/// Writes `<state_dir>/resources.json` only: no device is allocated.
+pub fn write_resources_ungranted(state_dir: &Path, resources: &[Resource]) {
     let list: Vec<Value> = resources.iter().map(Resource::to_json).collect();
     write_resources_json(state_dir, &json!({ "resources": list }));
+}
+
+/// Writes the device plugin's grant (`allocations/<id>.json`, what Allocate
+/// records) for each of `ids`, devices of `resource`, with a fresh grant
+/// value each time (as a new Allocate makes).
+pub fn grant(state_dir: &Path, resource: &Resource, ids: &[String]) {
+    grant_to_pod(state_dir, resource, ids, None);
+}
+
+/// [`grant`], naming the pod (`namespace`, `name`) the kubelet gave the
+/// devices to, as the device plugin learns it from the PodResources API.
+pub fn grant_to_pod(state_dir: &Path, resource: &Resource, ids: &[String], pod: Option<(&str, &str)>) {
+    let dir = state_dir.join("allocations");
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    for id in ids {
+        let index: u32 = id
+            .rsplit_once('-')
+            .and_then(|(_, i)| i.parse().ok())
+            .unwrap_or_else(|| panic!("{id} is not <resource>-<index>"));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let doc = json!({
+            "deviceId": id,
+            "resource": resource.name,
+            "ifindex": resource.ifindex_base + index,
+            "nodePath": state_dir.join("dev").join(id),
+            "attach": resource.attach,
+            "allocatedAt": 0,
+            "grant": format!("test-{}-{nanos}", std::process::id()),
+            "pod": pod.map(|(namespace, name)| json!({"namespace": namespace, "name": name})),
+        });
+        let path = dir.join(format!("{id}.json"));
+        fs::write(&path, doc.to_string())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
 }
 
 /// Writes arbitrary JSON as `<state_dir>/resources.json`.
