@@ -336,7 +336,10 @@ fn add_locked(
         if old.phase == Phase::Attached && link_there {
             return Err(err(
                 code::INTERFACE_EXISTS,
-                format!("interface {ifname:?} is already attached to container {}", env.container_id),
+                format!(
+                    "interface {ifname:?} is already attached to container {}",
+                    env.container_id
+                ),
             ));
         }
         let _node_lock = match old.device_id {
@@ -427,7 +430,13 @@ fn add_locked(
             let moved = moved.ok_or_else(|| err(code::KERNEL, "the moved link vanished"))?;
             undo.link = Some((moved.index, Some(name)));
             pod.nl
-                .configure_link(moved.index, Some(mac), cfg.mtu, Some(cfg.promisc), Some(true))
+                .configure_link(
+                    moved.index,
+                    Some(mac),
+                    cfg.mtu,
+                    Some(cfg.promisc),
+                    Some(true),
+                )
                 .map_err(kernel)?;
         }
     }
@@ -618,8 +627,10 @@ fn claim_device(
                 "is allocated to pod {}/{}, not to {}",
                 granted.namespace,
                 granted.name,
-                pod.as_ref()
-                    .map_or("this one".to_string(), |p| format!("{}/{}", p.namespace, p.name))
+                pod.as_ref().map_or("this one".to_string(), |p| format!(
+                    "{}/{}",
+                    p.namespace, p.name
+                ))
             )));
         }
     }
@@ -721,7 +732,8 @@ fn rollback(
         Some((index, Some(host_name))) => {
             // The device plugin's link: give it back as it was.
             let back = NetNs::current().and_then(|host| {
-                pod.nl.configure_link(index, None, None, None, Some(false))?;
+                pod.nl
+                    .configure_link(index, None, None, None, Some(false))?;
                 pod.nl.move_link(index, host.raw_fd(), &host_name)
             });
             if let Err(e) = back {
@@ -752,7 +764,9 @@ fn load_record_or_drop(
 ) -> Result<Option<AttachmentRecord>> {
     match state.load_record(container_id, ifname) {
         Ok(record) => Ok(record),
-        Err(e @ (macvtap_state::Error::Corrupt { .. } | macvtap_state::Error::BadRecord { .. })) => {
+        Err(
+            e @ (macvtap_state::Error::Corrupt { .. } | macvtap_state::Error::BadRecord { .. }),
+        ) => {
             eprintln!(
                 "macvtap: ignoring unreadable record: {}",
                 crate::error::escape_controls(&e.to_string())
@@ -851,7 +865,7 @@ fn record_link(
             opened = match NetNs::open(&record.netns) {
                 Ok(ns) => ns,
                 Err(macvtap_net::Error::NetnsMissing(_) | macvtap_net::Error::NotANetns(_)) => {
-                    return Ok(None) // a namespace that is gone took the link with it
+                    return Ok(None); // a namespace that is gone took the link with it
                 }
                 Err(e) => return Err(LinkLookup(kernel(e))),
             };
@@ -863,7 +877,10 @@ fn record_link(
         return Ok(None); // the path names another namespace now
     }
     let mut nl = netlink_in(ns).map_err(LinkLookup)?;
-    let Some(link) = nl.link_by_name(&record.ifname).map_err(|e| LinkLookup(kernel(e)))? else {
+    let Some(link) = nl
+        .link_by_name(&record.ifname)
+        .map_err(|e| LinkLookup(kernel(e)))?
+    else {
         return Ok(None);
     };
     let same = if record.ifindex != 0 {
@@ -976,14 +993,12 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
             )));
         }
     }
-    let record = state
-        .load_record(container_id, ifname)?
-        .ok_or_else(|| {
-            differs(format!(
-                "no record of attachment {container_id}/{ifname} in {}",
-                state.root().display()
-            ))
-        })?;
+    let record = state.load_record(container_id, ifname)?.ok_or_else(|| {
+        differs(format!(
+            "no record of attachment {container_id}/{ifname} in {}",
+            state.root().display()
+        ))
+    })?;
     if record.ifindex != link.index {
         return Err(differs(format!(
             "{ifname:?} has ifindex {}, but this plugin made ifindex {}",

@@ -21,8 +21,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
 use macvtap_testkit::STATE_DIR_ENV;
+use serde_json::{json, Value};
 
 /// No single run may take longer (the slowest legitimate one, with an
 /// IPAM plugin and a rollback, takes well under a second).
@@ -800,13 +800,18 @@ fn state_dir_cases(t: &mut Table) {
         ("below /dev/null", "/dev/null/state".to_string()),
     ];
     // In a configuration: anything but the node's own directory is 7.
-    for s in not_paths.iter().cloned().chain(unusable.iter().map(|(_, s)| s.clone())).chain([
-        to_state.display().to_string(),
-        "/proc/1/root/var/lib/macvtap".to_string(),
-        format!("{state}/\u{0}x"),
-        format!("{state}/{}", long('s', 5000)),
-        format!("/{}", long('s', 1 << 20)),
-    ]) {
+    for s in not_paths
+        .iter()
+        .cloned()
+        .chain(unusable.iter().map(|(_, s)| s.clone()))
+        .chain([
+            to_state.display().to_string(),
+            "/proc/1/root/var/lib/macvtap".to_string(),
+            format!("{state}/\u{0}x"),
+            format!("{state}/{}", long('s', 5000)),
+            format!("/{}", long('s', 1 << 20)),
+        ])
+    {
         let node_dir = state.clone();
         let config = t.patched(t.base(), json!({ "stateDir": s }));
         t.env(

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use macvtap_net::{MacvtapSpec, Netlink, SysfsView};
-use macvtap_state::{
-    host_link_name, parse_device_id, AllocationRecord, Attach, NodeRef, StateDir,
-};
+use macvtap_state::{host_link_name, parse_device_id, AllocationRecord, Attach, NodeRef, StateDir};
 use tonic::Status;
 
 use crate::proto::deviceplugin::{AllocateResponse, ContainerAllocateResponse, DeviceSpec};

@@ -77,7 +77,7 @@ async fn containerd_pod_gets_the_allocated_macvtap_and_its_device_and_removal_le
     // NAD (deviceID injected), with host-local IPAM so the pod has an
     // address; the stateDir is the test's, never the node's real one.
     let cni_dir = TempDir::new("e2e-containerd-cni");
-    let cni = CniBin::new(cni_dir.path(), &bins.cni);
+    let cni = CniBin::new(cni_dir.path(), &bins.cni, &world.state_dir());
     let conf_dir = cni_dir.subdir("net.d");
     let conflist = json!({
         "cniVersion": "0.4.0",

@@ -65,7 +65,12 @@ fn podman_run_gets_a_macvtap_with_its_mac_and_address_and_rm_leaves_nothing() {
     let lab = Lab::new("e2e-podman", &bins.cni);
     lab.lan
         .ip_ok(&["addr", "add", &format!("{SUBNET}.1/24"), "dev", "lan0"]);
-    let podman = Podman::new("e2e-podman-rt", lab.node.path().as_path(), &bins.cni);
+    let podman = Podman::new(
+        "e2e-podman-rt",
+        lab.node.path().as_path(),
+        &bins.cni,
+        &lab.state_dir(),
+    );
     let net = "macvtap-e2e";
     podman.add_network(&conflist(net, &lab));
     let image_dir = TempDir::new("e2e-podman-image");

@@ -142,11 +142,7 @@ pub(crate) fn write_file(
     let _ = nix::unistd::unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir); // a crashed writer's
     let how = OpenHow::new()
         .flags(
-            OFlag::O_WRONLY
-                | OFlag::O_CREAT
-                | OFlag::O_EXCL
-                | OFlag::O_CLOEXEC
-                | OFlag::O_NOFOLLOW,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         )
         .mode(Mode::from_bits_truncate(0o600))
         .resolve(resolve());

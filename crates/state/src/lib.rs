@@ -371,7 +371,9 @@ impl AttachmentRecord {
             return Err(format!("ifname {:?} {why}", self.ifname));
         }
         if !self.netns.is_empty()
-            && (!self.netns.starts_with('/') || self.netns.len() > 4096 || self.netns.contains('\0'))
+            && (!self.netns.starts_with('/')
+                || self.netns.len() > 4096
+                || self.netns.contains('\0'))
         {
             return Err(format!("netns {:?} is not an absolute path", self.netns));
         }
@@ -478,13 +480,7 @@ pub fn random_hex(n: usize) -> String {
     let mut filled = 0;
     while filled < n {
         // SAFETY: getrandom writes at most `n - filled` bytes into the buffer's tail.
-        let got = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                n - filled,
-                0,
-            )
-        };
+        let got = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
         if got > 0 {
             filled += got as usize;
         }
@@ -590,8 +586,8 @@ impl TrustedPath {
                 }
                 Err(e) => return Err(io_err("open", &seen)(e)),
             };
-            let stat = nix::sys::stat::fstat(next.as_fd())
-                .map_err(|e| io_err("stat", &seen)(e.into()))?;
+            let stat =
+                nix::sys::stat::fstat(next.as_fd()).map_err(|e| io_err("stat", &seen)(e.into()))?;
             if let Some(why) = dir::untrusted(&stat, last) {
                 return Err(untrusted(&seen, why));
             }
@@ -641,8 +637,8 @@ impl StateDir {
     /// fine above it). No symlink or magic link is followed anywhere.
     pub fn open(root: &str) -> Result<Self> {
         let path = Path::new(root);
-        let trusted = TrustedPath::walk(path, true)?
-            .ok_or_else(|| Error::BadStateDir(root.to_string()))?;
+        let trusted =
+            TrustedPath::walk(path, true)?.ok_or_else(|| Error::BadStateDir(root.to_string()))?;
         Ok(StateDir {
             root: path.to_path_buf(),
             fd: Arc::new(trusted.fd),
@@ -971,7 +967,9 @@ impl StateDir {
     /// for a sweep that must not depend on their contents.
     pub fn allocation_entries(&self) -> Result<Vec<String>> {
         match self.sub_existing(ALLOCATIONS)? {
-            Some(dir) => dir::list(dir.as_fd()).map_err(io_err("read", self.root.join(ALLOCATIONS))),
+            Some(dir) => {
+                dir::list(dir.as_fd()).map_err(io_err("read", self.root.join(ALLOCATIONS)))
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -981,14 +979,18 @@ impl StateDir {
         let Some(dir) = self.sub_existing(ALLOCATIONS)? else {
             return Ok(());
         };
-        dir::unlink(dir.as_fd(), name).map_err(io_err("remove", self.root.join(ALLOCATIONS).join(name)))
+        dir::unlink(dir.as_fd(), name)
+            .map_err(io_err("remove", self.root.join(ALLOCATIONS).join(name)))
     }
 
     /// Every readable allocation record.
     pub fn allocations(&self) -> Result<Vec<AllocationRecord>> {
         let mut out = Vec::new();
         for name in self.allocation_entries()? {
-            if let Some(id) = name.strip_suffix(".json").filter(|_| !name.starts_with('.')) {
+            if let Some(id) = name
+                .strip_suffix(".json")
+                .filter(|_| !name.starts_with('.'))
+            {
                 if let Ok(Some(record)) = self.load_allocation(id) {
                     out.push(record);
                 }
@@ -1108,7 +1110,10 @@ impl StateDir {
         };
         let mut removed = 0;
         for entry in dir::list(dir.as_fd()).unwrap_or_default() {
-            if entry.starts_with('.') && entry.ends_with(".tmp") && dir::unlink(dir.as_fd(), &entry).is_ok() {
+            if entry.starts_with('.')
+                && entry.ends_with(".tmp")
+                && dir::unlink(dir.as_fd(), &entry).is_ok()
+            {
                 removed += 1;
             }
         }
@@ -1120,9 +1125,13 @@ impl StateDir {
     pub fn load_claim(&self, device_id: &str) -> Option<Claim> {
         parse_device_id(device_id).ok()?;
         let dir = self.sub_existing(CLAIMS).ok()??;
-        self.read_json(dir.as_fd(), &format!("{device_id}.json"), &self.root.join(CLAIMS))
-            .ok()
-            .flatten()
+        self.read_json(
+            dir.as_fd(),
+            &format!("{device_id}.json"),
+            &self.root.join(CLAIMS),
+        )
+        .ok()
+        .flatten()
     }
 
     pub fn save_claim(&self, device_id: &str, claim: &Claim) -> Result<()> {

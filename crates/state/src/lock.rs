@@ -107,7 +107,9 @@ pub(crate) fn try_lock(dir: BorrowedFd<'_>, name: &str) -> Result<Option<Held>, 
     }
     let held = fstat(fd.as_fd())?;
     Ok(match dir::stat(dir, name)? {
-        Some(now) if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) => Some(Held { _fd: fd }),
+        Some(now) if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) => {
+            Some(Held { _fd: fd })
+        }
         _ => None,
     })
 }

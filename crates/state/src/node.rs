@@ -96,12 +96,20 @@ impl NodePolicy {
     pub fn from_file(file: &Path) -> Result<Self> {
         let (parent, name) = match (file.parent(), file.file_name().and_then(|n| n.to_str())) {
             (Some(p), Some(n)) if file.is_absolute() => (p, n),
-            _ => return Err(Error::BadPolicy(file.into(), "must be an absolute file path".into())),
+            _ => {
+                return Err(Error::BadPolicy(
+                    file.into(),
+                    "must be an absolute file path".into(),
+                ))
+            }
         };
         let bytes = match TrustedPath::open_existing(parent)? {
             None => None,
-            Some(dir) => dir::read_file(dir.fd.as_fd(), name)
-                .map_err(|source| Error::Io { op: "read", path: file.into(), source })?,
+            Some(dir) => dir::read_file(dir.fd.as_fd(), name).map_err(|source| Error::Io {
+                op: "read",
+                path: file.into(),
+                source,
+            })?,
         };
         let Some(bytes) = bytes else {
             return Ok(NodePolicy::default());
@@ -117,7 +125,10 @@ impl NodePolicy {
         }
         if let Some(s) = raw.lock_timeout_seconds {
             if !(1..=3600).contains(&s) {
-                return Err(Error::BadPolicy(file.into(), "lockTimeoutSeconds must be 1..3600".into()));
+                return Err(Error::BadPolicy(
+                    file.into(),
+                    "lockTimeoutSeconds must be 1..3600".into(),
+                ));
             }
             policy.lock_timeout = Duration::from_secs(s);
         }
@@ -136,7 +147,10 @@ impl NodePolicy {
         }
         if let Some(n) = raw.max_source_macs {
             if !(1..=4096).contains(&n) {
-                return Err(Error::BadPolicy(file.into(), "maxSourceMacs must be 1..4096".into()));
+                return Err(Error::BadPolicy(
+                    file.into(),
+                    "maxSourceMacs must be 1..4096".into(),
+                ));
             }
             policy.max_source_macs = n;
         }

@@ -130,7 +130,11 @@ impl Plugin {
         if !plugin.env.contains_key(STATE_DIR_ENV) {
             let dir = serde_json::from_slice::<Value>(&plugin.stdin)
                 .ok()
-                .and_then(|v| v.get("stateDir").and_then(Value::as_str).map(str::to_string));
+                .and_then(|v| {
+                    v.get("stateDir")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                });
             if let Some(dir) = dir {
                 plugin.env.insert(STATE_DIR_ENV.into(), dir);
             }

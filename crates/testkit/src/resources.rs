@@ -79,7 +79,12 @@ pub fn grant(state_dir: &Path, resource: &Resource, ids: &[String]) {
 
 /// [`grant`], naming the pod (`namespace`, `name`) the kubelet gave the
 /// devices to, as the device plugin learns it from the PodResources API.
-pub fn grant_to_pod(state_dir: &Path, resource: &Resource, ids: &[String], pod: Option<(&str, &str)>) {
+pub fn grant_to_pod(
+    state_dir: &Path,
+    resource: &Resource,
+    ids: &[String],
+    pod: Option<(&str, &str)>,
+) {
     let dir = state_dir.join("allocations");
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     for id in ids {

@@ -181,7 +181,6 @@ pub fn attach(
         "type": "macvtap",
         "mtu": 1500,
         "deviceID": allocation.device_id,
-        "stateDir": paths.state_dir,
     });
     let cni_args = format!(
         "IgnoreUnknown=true;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=vm;\
@@ -201,6 +200,7 @@ pub fn attach(
         pod,
         container_id: sandbox_id,
         args: cni_args.clone(),
+        state_dir: &paths.state_dir,
     };
     cni.add(&config, say, made, timings)?;
     check_signal()?;

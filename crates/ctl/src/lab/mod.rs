@@ -786,6 +786,9 @@ struct CniCall<'a> {
     pod: &'a Scope,
     container_id: &'a str,
     args: String,
+    /// The node's state directory: node policy, given to the plugin as the
+    /// node's administrator does (`MACVTAP_STATE_DIR`), not in the config.
+    state_dir: &'a Path,
 }
 
 impl CniCall<'_> {
@@ -803,6 +806,14 @@ impl CniCall<'_> {
             ("CNI_NETNS", self.pod.path().display().to_string()),
             ("CNI_IFNAME", POD_IF.to_string()),
             ("CNI_ARGS", self.args.clone()),
+            (
+                macvtap_state::STATE_DIR_ENV,
+                self.state_dir.display().to_string(),
+            ),
+            (
+                macvtap_state::NODE_CONFIG_ENV,
+                "/nonexistent/macvtap-node.json".to_string(),
+            ),
         ];
         let (attachment, result, took) =
             Attachment::add(self.plugin, self.node.path(), env, config)?;
@@ -844,7 +855,6 @@ fn attach_standalone(
         "master": UPLINK,
         "mode": "bridge",
         "mtu": 1500,
-        "stateDir": state_dir,
     });
     say.line(format!(
         "== CNI ADD: {} (CNI_IFNAME={POD_IF}, CNI_ARGS MAC={mac}), from {}",
@@ -857,6 +867,7 @@ fn attach_standalone(
         pod,
         container_id: tag,
         args: format!("IgnoreUnknown=1;MAC={mac}"),
+        state_dir: &state_dir,
     };
     cni.add(&config, say, made, timings)?;
     let info = links::show(pod, POD_IF)?;

@@ -177,7 +177,8 @@ pub fn run_ok(cmd: &mut Command) -> String {
 /// test behind a timing wrapper), and the reference `host-local` and
 /// `loopback` (containerd adds a loopback network to every pod).
 ///
-/// The wrapper is a bash script that runs the real binary with the same
+/// The wrapper is a bash script that sets the node's state directory (as the
+/// node's administrator does) and runs the real binary with the same
 /// stdin, stdout, stderr, environment and exit status, and appends
 /// `COMMAND CONTAINERID IFNAME EXIT START END` (bash's `$EPOCHREALTIME`, no
 /// fork) to `plugin-calls.log` beside the directory: the plugin's own time,
@@ -189,7 +190,10 @@ pub struct CniBin {
 }
 
 impl CniBin {
-    pub fn new(parent: &Path, plugin: &Path) -> CniBin {
+    /// `state_dir` is the node's state directory, which the wrapper sets as
+    /// the node's administrator would (`MACVTAP_STATE_DIR`), with the
+    /// built-in node policy.
+    pub fn new(parent: &Path, plugin: &Path, state_dir: &Path) -> CniBin {
         let dir = parent.join("cni-bin");
         fs::create_dir_all(&dir).expect("create the CNI bin dir");
         let log = parent.join("plugin-calls.log");
@@ -198,6 +202,7 @@ impl CniBin {
         let wrapper = format!(
             "#!/bin/bash\n\
              # Times the macvtap plugin for the end-to-end tests; passes everything through.\n\
+             export MACVTAP_STATE_DIR='{state}' MACVTAP_NODE_CONFIG=/nonexistent/macvtap-node.json\n\
              start=$EPOCHREALTIME\n\
              '{real}' \"$@\"\n\
              rc=$?\n\
@@ -205,7 +210,8 @@ impl CniBin {
              echo \"$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME $rc $start $end\" >> '{log}'\n\
              exit $rc\n",
             real = real.display(),
-            log = log.display()
+            log = log.display(),
+            state = state_dir.display()
         );
         let path = dir.join("macvtap");
         fs::write(&path, wrapper).expect("write the timing wrapper");

@@ -29,13 +29,13 @@ pub struct Podman {
 impl Podman {
     /// A private podman whose CNI plugin dir holds `plugin` (behind the
     /// timing wrapper) and the reference host-local.
-    pub fn new(tag: &str, node_netns: &Path, plugin: &Path) -> Podman {
+    pub fn new(tag: &str, node_netns: &Path, plugin: &Path, state_dir: &Path) -> Podman {
         let dir = TempDir::new(tag);
         let root = dir.subdir("root");
         let runroot = dir.subdir("runroot");
         let net_dir = dir.subdir("net.d");
         let tmp = dir.subdir("tmp");
-        let cni = CniBin::new(dir.path(), plugin);
+        let cni = CniBin::new(dir.path(), plugin, state_dir);
         let conf = dir.path().join("containers.conf");
         fs::write(
             &conf,
