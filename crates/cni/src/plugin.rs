@@ -7,7 +7,8 @@ use macvtap_net::{
     RouteSpec, SysfsView,
 };
 use macvtap_state::{
-    Attach, AttachmentRecord, Claim, NodePolicy, NodeRef, Phase, PodRef, ResolvedDevice, StateDir,
+    Attach, AttachmentRecord, Claim, NodeIdentity, NodePolicy, NodeRef, Phase, PodRef,
+    ResolvedDevice, StateDir,
 };
 use serde_json::{json, Value};
 
@@ -212,7 +213,8 @@ impl Target {
 struct Undo {
     /// The link in the pod, and for `attach: host` the name to move it back to.
     link: Option<(u32, Option<String>)>,
-    node: bool,
+    /// The device node this ADD made, by identity.
+    node: Option<NodeIdentity>,
     /// The intent or the record of this attachment.
     record: bool,
     ipam: bool,
@@ -455,8 +457,8 @@ fn add_locked(
     }
 
     let dev = pod.tap_device_number(ifname, link.index)?;
-    undo.node = true;
     let identity = state.make_node(target.node(env), dev.major, dev.minor, cfg.owner, cfg.group)?;
+    undo.node = Some(identity);
 
     let mac = link.mac.map(|m| m.to_string()).unwrap_or_default();
     record.phase = Phase::Attached;
@@ -692,7 +694,7 @@ fn rollback(
             }
         }
     }
-    let _node_lock = match undo.claim.is_some() || undo.node {
+    let _node_lock = match undo.claim.is_some() {
         true => match state.lock(cfg.policy.lock_timeout) {
             Ok(lock) => Some(lock),
             Err(e) => {
@@ -709,18 +711,9 @@ fn rollback(
             ifname: &env.ifname,
         },
     };
-    if undo.node {
-        // The node this ADD made: for a device, only if it is still ours.
-        let made = state
-            .load_record(&env.container_id, &env.ifname)
-            .ok()
-            .flatten()
-            .and_then(|r| r.node_identity);
-        let result = match (node, made) {
-            (NodeRef::Device(_), None) => Ok(()), // made, but never recorded: leave
-            _ => state.remove_node(node, made),
-        };
-        if let Err(e) = result {
+    if let Some(made) = undo.node {
+        // The node this ADD made, if it is still that file.
+        if let Err(e) = state.remove_node(node, Some(made)) {
             failures.push(e.into());
         }
     }
@@ -830,9 +823,17 @@ fn teardown(state: &StateDir, record: &AttachmentRecord, pod: Option<&Pod>) -> V
         Err(e) => errors.push(e.0),
     }
     // A device node is removed only if it is still the one this attachment
-    // made (another pod may have the device now); an intent made none.
+    // made (another pod may have the device now). An interrupted ADD's
+    // intent does not know its node's identity: while this attachment
+    // still holds the device's claim nobody else made a node there since,
+    // so whatever is there goes.
     let remove = match (record.node(), record.node_identity) {
-        (NodeRef::Device(_), None) => Ok(()),
+        (NodeRef::Device(id), None) => match state.load_claim(id) {
+            Some(c) if c.container_id == record.container_id && c.ifname == record.ifname => {
+                state.remove_node(NodeRef::Device(id), None)
+            }
+            _ => Ok(()),
+        },
         (node, made) => state.remove_node(node, made),
     };
     if let Err(e) = remove {
