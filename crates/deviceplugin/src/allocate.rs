@@ -1,6 +1,7 @@
 //! Allocate: promise each device's ifindex and device node, record it, and
 //! for `attach: host` resources create the macvtap in the host namespace.
 
+use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use macvtap_net::{make_device_node, MacvtapSpec, Netlink, SysfsView};
@@ -32,6 +33,58 @@ fn internal(what: &str) -> impl Fn(String) -> Status + '_ {
     move |e| Status::internal(format!("{what}: {e}"))
 }
 
+/// Check a request against the resource before touching anything:
+/// every ID offered by it, no ID twice, no more IDs than the resource has.
+/// Returns each container's (device ID, ifindex) list.
+fn plan(
+    resource: &Resource,
+    containers: &[Vec<String>],
+) -> Result<Vec<Vec<(String, u32)>>, Status> {
+    let cfg = &resource.config;
+    // No call can name more distinct devices than the resource offers:
+    // refuse a long list before looking at it (20,000 IDs used to hold
+    // the node lock for 17 s).
+    let listed: usize = containers.iter().map(Vec::len).sum();
+    if listed > cfg.capacity as usize {
+        return Err(Status::invalid_argument(format!(
+            "Allocate lists {listed} device IDs; resource {} offers {} devices",
+            resource.resource_name(),
+            cfg.capacity
+        )));
+    }
+    // The kubelet hands a device to one container once; an ID listed twice
+    // (in one container or two) is a broken or hostile caller. Refused,
+    // not collapsed: collapsing would answer with fewer devices than asked
+    // and leave the caller to guess which container got the device.
+    let mut seen = HashSet::with_capacity(listed);
+    let mut planned = Vec::with_capacity(containers.len());
+    for ids in containers {
+        let mut devices = Vec::with_capacity(ids.len());
+        for id in ids {
+            let index = match parse_device_id(id) {
+                Ok((name, index)) if name == cfg.name && index < cfg.capacity => index,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "device {id:?} is not offered by resource {} ({}-0 .. {}-{})",
+                        resource.resource_name(),
+                        cfg.name,
+                        cfg.name,
+                        cfg.capacity - 1
+                    )))
+                }
+            };
+            if !seen.insert(index) {
+                return Err(Status::invalid_argument(format!(
+                    "device {id:?} is listed more than once in one Allocate; the kubelet never does that"
+                )));
+            }
+            devices.push((id.clone(), resource.ifindex_base + index));
+        }
+        planned.push(devices);
+    }
+    Ok(planned)
+}
+
 impl Allocator {
     /// Answer one Allocate. Blocking (files, netlink): run it off the async
     /// workers. The daemon never changes namespace, so any thread will do.
@@ -40,28 +93,7 @@ impl Allocator {
         resource: &Resource,
         containers: &[Vec<String>],
     ) -> Result<AllocateResponse, Status> {
-        let cfg = &resource.config;
-        // Refuse anything this resource does not offer before touching anything.
-        let mut planned = Vec::new();
-        for ids in containers {
-            let mut devices = Vec::new();
-            for id in ids {
-                let index = match parse_device_id(id) {
-                    Ok((name, index)) if name == cfg.name && index < cfg.capacity => index,
-                    _ => {
-                        return Err(Status::invalid_argument(format!(
-                            "device {id:?} is not offered by resource {} ({}-0 .. {}-{})",
-                            resource.resource_name(),
-                            cfg.name,
-                            cfg.name,
-                            cfg.capacity - 1
-                        )))
-                    }
-                };
-                devices.push((id.clone(), resource.ifindex_base + index));
-            }
-            planned.push(devices);
-        }
+        let planned = plan(resource, containers)?;
         let _lock = self
             .state
             .lock()

@@ -1,0 +1,123 @@
+//! Issue 12, part 7: the device plugin under abuse. Allocate with duplicate
+//! and excess IDs, one sync per Allocate, cancelled Allocates, devices whose
+//! promised ifindex a host link holds, the metrics port under idle and
+//! slow connections, and discovered resources whose link is gone.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Every file under the state directory with its size and change time:
+/// equal snapshots mean nothing was written, created or removed.
+fn state_snapshot(world: &World) -> BTreeMap<PathBuf, (u64, i64, i64)> {
+    files_under(&world.state_dir())
+        .into_iter()
+        .filter_map(|p| {
+            let m = std::fs::symlink_metadata(&p).ok()?;
+            Some((p, (m.size(), m.ctime(), m.ctime_nsec())))
+        })
+        .collect()
+}
+
+/// The refusal's code and message, or a description of the success.
+fn refusal(r: Result<tonic::Response<AllocateResponse>, tonic::Status>) -> (tonic::Code, String) {
+    match r {
+        Ok(resp) => panic!("accepted: {:?}", resp.into_inner()),
+        Err(s) => (s.code(), s.message().to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocate_refuses_duplicate_and_excess_ids_at_once_and_writes_nothing() {
+    let world = World::new("dp-dup");
+    let conf = json!([
+        {"name": "hostnet", "lowerDevice": LOWER, "capacity": 100, "attach": "host"},
+        {"name": "podnet", "lowerDevice": LOWER, "capacity": 100, "attach": "pod"},
+    ])
+    .to_string();
+    let mut dp = world.start(&conf, 2).await;
+    let mut host = world.client("hostnet").await;
+    let mut pod = world.client("podnet").await;
+    let before = state_snapshot(&world);
+
+    // One ID 20,000 times in one container: before the fix this held the
+    // node lock for about 17 s (one fsync per copy).
+    let dup: Vec<&str> = vec!["hostnet-0"; 20_000];
+    let t = Instant::now();
+    let r = within("Allocate", SLOW, host.allocate(allocate_request(&[&dup]))).await;
+    let took = t.elapsed();
+    measured("Allocate of one ID 20,000 times, refused", took);
+    let (code, msg) = refusal(r);
+    assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("20000") && msg.contains("100"), "{msg}");
+    assert!(took < Duration::from_millis(300), "took {took:?}");
+
+    // The same spread over 20,000 containers.
+    let one: &[&str] = &["podnet-1"];
+    let many: Vec<&[&str]> = vec![one; 20_000];
+    let t = Instant::now();
+    let r = within("Allocate", SLOW, pod.allocate(allocate_request(&many))).await;
+    let took = t.elapsed();
+    measured("Allocate of one ID in 20,000 containers, refused", took);
+    let (code, msg) = refusal(r);
+    assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+    assert!(took < Duration::from_millis(300), "took {took:?}");
+
+    // Duplicates within the cap: in one container, and across two.
+    for containers in [
+        vec![vec!["podnet-0", "podnet-1", "podnet-0"]],
+        vec![vec!["podnet-2"], vec!["podnet-3", "podnet-2"]],
+        vec![vec!["hostnet-5", "hostnet-5"]],
+    ] {
+        let slices: Vec<&[&str]> = containers.iter().map(Vec::as_slice).collect();
+        let c = if containers[0][0].starts_with("host") {
+            &mut host
+        } else {
+            &mut pod
+        };
+        let r = within("Allocate", SLOW, c.allocate(allocate_request(&slices))).await;
+        let (code, msg) = refusal(r);
+        assert_eq!(code, tonic::Code::InvalidArgument, "{containers:?}: {msg}");
+        assert!(msg.contains("more than once"), "{containers:?}: {msg}");
+    }
+    // All 100 distinct devices and one more: over the cap.
+    let ids: Vec<String> = (0..100)
+        .map(|i| format!("podnet-{i}"))
+        .chain(["podnet-7".to_string()])
+        .collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let r = within("Allocate", SLOW, pod.allocate(allocate_request(&[&refs]))).await;
+    assert_eq!(refusal(r).0, tonic::Code::InvalidArgument);
+
+    let after = state_snapshot(&world);
+    assert_eq!(
+        before, after,
+        "the refused calls changed the state directory"
+    );
+    assert!(world.allocation_leftovers().is_empty());
+    assert!(world.lab.node.macvtaps().is_empty());
+
+    // The control: the cap is not too tight, all 100 devices in one call.
+    let t = Instant::now();
+    let resp = within(
+        "Allocate",
+        SLOW,
+        pod.allocate(allocate_request(&[&refs[..100]])),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("Allocate of all 100 devices failed: {e}\n{}", dp.logs()))
+    .into_inner();
+    measured("Allocate of 100 distinct devices, attach pod", t.elapsed());
+    assert_eq!(resp.container_responses[0].devices.len(), 100);
+    assert_eq!(
+        files_under(&world.state_dir().join("allocations")).len(),
+        100
+    );
+    dp.assert_running("after the refused calls");
+}
