@@ -2,10 +2,14 @@
 //! for `attach: host` resources create the macvtap in the host namespace.
 
 use std::collections::HashSet;
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use macvtap_net::{make_device_node, MacvtapSpec, Netlink, SysfsView};
 use macvtap_state::{host_link_name, parse_device_id, AllocationRecord, Attach, StateDir};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use tonic::Status;
 
 use crate::proto::deviceplugin::{AllocateResponse, ContainerAllocateResponse, DeviceSpec};
@@ -31,6 +35,70 @@ struct Undo {
 
 fn internal(what: &str) -> impl Fn(String) -> Status + '_ {
     move |e| Status::internal(format!("{what}: {e}"))
+}
+
+/// Write every allocation record, then make them all durable with one
+/// sync: the records of one call are one unit (the kubelet learns of none
+/// of them before the answer), so one flush at the end is enough.
+///
+/// A stand-in for `StateDir::save_allocations(&[AllocationRecord])`, which
+/// the state crate is to provide with the same contract (same files as
+/// `StateDir::save_allocation`, one sync for all); swap the body for that
+/// call when it lands.
+///
+/// The sync is `syncfs(2)` on the `allocations` directory: one system call
+/// that makes the files' data and their directory entries (the renames)
+/// durable together, where fsync of each file and then of the directory
+/// would cost one flush per record (0.85 ms each here: 17 s for 20,000).
+/// The price is that it also flushes other writers' dirty data on the same
+/// filesystem.
+fn save_allocations(state: &StateDir, records: &[AllocationRecord]) -> Result<(), String> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let dir_path = state.root().join("allocations");
+    state.ensure_dir(&dir_path).map_err(|e| e.to_string())?;
+    // One directory fd for every step: no component is resolved twice.
+    let dir = nix::fcntl::open(
+        &dir_path,
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open {}: {e}", dir_path.display()))?;
+    for record in records {
+        write_record(&dir, record)
+            .map_err(|e| format!("{}/{}.json: {e}", dir_path.display(), record.device_id))?;
+    }
+    nix::unistd::syncfs(&dir).map_err(|e| format!("sync {}: {e}", dir_path.display()))
+}
+
+/// One record, under a temporary name renamed into place (readers see the
+/// old file or the new one), 0600, no symlink followed; not synced.
+fn write_record(dir: &OwnedFd, record: &AllocationRecord) -> Result<(), String> {
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    let name = format!("{}.json", record.device_id);
+    // The name the state crate and the start-up sweep use for temporaries.
+    let tmp = format!("{}.tmp{}", record.device_id, std::process::id());
+    let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir); // a crashed writer's
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
+    let written = (|| {
+        let fd = nix::fcntl::openat(
+            dir,
+            tmp.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| format!("create {tmp}: {e}"))?;
+        std::fs::File::from(fd)
+            .write_all(&bytes)
+            .map_err(|e| format!("write {tmp}: {e}"))?;
+        nix::fcntl::renameat(dir, tmp.as_str(), dir, name.as_str())
+            .map_err(|e| format!("rename {tmp}: {e}"))
+    })();
+    if written.is_err() {
+        let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    written
 }
 
 /// Check a request against the resource before touching anything:
@@ -117,6 +185,7 @@ impl Allocator {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let mut records = Vec::new();
         let mut container_responses = Vec::new();
         for devices in planned {
             let mut specs = Vec::new();
@@ -137,17 +206,14 @@ impl Allocator {
                     macvtap_state::remove_file_if_exists(&node_path)
                         .map_err(|e| Status::internal(e.to_string()))?;
                 }
-                self.state
-                    .save_allocation(&AllocationRecord {
-                        device_id: id.clone(),
-                        resource: cfg.name.clone(),
-                        ifindex: *ifindex,
-                        node_path: node_path.clone(),
-                        attach: cfg.attach,
-                        allocated_at: now,
-                    })
-                    .map_err(|e| internal("allocation record")(e.to_string()))?;
-                undo.records.push(id.clone());
+                records.push(AllocationRecord {
+                    device_id: id.clone(),
+                    resource: cfg.name.clone(),
+                    ifindex: *ifindex,
+                    node_path: node_path.clone(),
+                    attach: cfg.attach,
+                    allocated_at: now,
+                });
                 specs.push(DeviceSpec {
                     container_path: format!("/dev/tap{ifindex}"),
                     host_path: node_path.to_string_lossy().into_owned(),
@@ -159,6 +225,10 @@ impl Allocator {
                 ..Default::default()
             });
         }
+        // Written at the end, all at once, so one sync covers them; a
+        // failure part-way removes them all (missing ones are fine).
+        undo.records = records.iter().map(|r| r.device_id.clone()).collect();
+        save_allocations(&self.state, &records).map_err(internal("allocation records"))?;
         Ok(AllocateResponse {
             container_responses,
         })

@@ -7,7 +7,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -120,4 +121,163 @@ async fn allocate_refuses_duplicate_and_excess_ids_at_once_and_writes_nothing() 
         100
     );
     dp.assert_running("after the refused calls");
+}
+
+/// strace following every thread of `pid` for sync system calls, into `out`.
+struct Strace {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Strace {
+    fn attach(pid: i32, out: &Path) -> Strace {
+        let child = Command::new("strace")
+            .args([
+                "-f",
+                "-qq",
+                "-e",
+                "trace=fsync,fdatasync,syncfs,sync,sync_file_range,msync",
+            ])
+            .arg("-o")
+            .arg(out)
+            .arg("-p")
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("strace (apt-get install strace)");
+        let s = Strace {
+            child,
+            out: out.to_path_buf(),
+        };
+        // Attached once every thread of the daemon has a tracer.
+        let deadline = Instant::now() + SLOW;
+        loop {
+            let threads: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .expect("daemon threads")
+                .flatten()
+                .collect();
+            let traced = threads.iter().all(|t| {
+                std::fs::read_to_string(t.path().join("status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+            });
+            if traced {
+                break;
+            }
+            assert!(Instant::now() < deadline, "strace did not attach to {pid}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s
+    }
+
+    /// The sync calls seen so far, by name.
+    fn calls(&self) -> BTreeMap<String, usize> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let mut calls = BTreeMap::new();
+        for line in text.lines() {
+            // "<tid> syncfs(12)          = 0"
+            let Some(call) = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|w| w.split('(').next())
+            else {
+                continue;
+            };
+            if !call.is_empty() && !call.starts_with('<') && !call.starts_with("---") {
+                *calls.entry(call.to_string()).or_insert(0) += 1;
+            }
+        }
+        calls
+    }
+}
+
+impl Drop for Strace {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child, by its pid; SIGINT makes strace
+        // detach cleanly from the daemon.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocate_syncs_once_per_call() {
+    let world = World::new("dp-sync");
+    let conf = json!([
+        {"name": "hostnet", "lowerDevice": LOWER, "capacity": 16, "attach": "host"},
+        {"name": "podnet", "lowerDevice": LOWER, "capacity": 16, "attach": "pod"},
+    ])
+    .to_string();
+    let mut dp = world.start(&conf, 2).await;
+    let mut host = world.client("hostnet").await;
+    let mut pod = world.client("podnet").await;
+    let trace = Strace::attach(dp.pid(), &world.lab.dir.path().join("strace.out"));
+
+    let settle = |calls: &Strace| {
+        // strace writes each call as it returns: wait until the count is
+        // still for 100 ms.
+        let mut last = calls.calls();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = calls.calls();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let ids: Vec<String> = (0..12).map(|i| format!("podnet-{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    pod.allocate(allocate_request(&[&refs[..6], &refs[6..]]))
+        .await
+        .unwrap_or_else(|e| panic!("Allocate failed: {e}\n{}", dp.logs()));
+    measured("Allocate of 12 devices (attach pod), traced", t.elapsed());
+    let calls = settle(&trace);
+    assert_eq!(
+        calls,
+        BTreeMap::from([("syncfs".to_string(), 1)]),
+        "sync calls for one Allocate of 12 devices"
+    );
+    assert_eq!(
+        files_under(&world.state_dir().join("allocations")).len(),
+        12
+    );
+
+    let ids: Vec<String> = (0..8).map(|i| format!("hostnet-{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    host.allocate(allocate_request(&[&refs]))
+        .await
+        .unwrap_or_else(|e| panic!("Allocate failed: {e}\n{}", dp.logs()));
+    let calls = settle(&trace);
+    assert_eq!(
+        calls,
+        BTreeMap::from([("syncfs".to_string(), 2)]),
+        "sync calls after a second Allocate, of 8 attach: host devices"
+    );
+    // The records are complete JSON, as the state crate reads them.
+    for id in &ids {
+        let text = std::fs::read_to_string(world.allocation_record(id)).expect("record");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("record is JSON");
+        assert_eq!(v["deviceId"], id.as_str(), "{text}");
+        assert_eq!(
+            std::fs::metadata(world.allocation_record(id))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    let tmp: Vec<_> = files_under(&world.state_dir())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
+    drop(trace);
+    dp.assert_running("after the traced calls");
 }
