@@ -10,6 +10,7 @@ use macvtap_net::{make_device_node, MacvtapSpec, Netlink, SysfsView};
 use macvtap_state::{host_link_name, parse_device_id, AllocationRecord, Attach, StateDir};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
+use tokio::sync::oneshot;
 use tonic::Status;
 
 use crate::proto::deviceplugin::{AllocateResponse, ContainerAllocateResponse, DeviceSpec};
@@ -35,6 +36,15 @@ struct Undo {
 
 fn internal(what: &str) -> impl Fn(String) -> Status + '_ {
     move |e| Status::internal(format!("{what}: {e}"))
+}
+
+/// The answer of one Allocate, and whether anyone still waits for it.
+pub type Reply = oneshot::Sender<Result<AllocateResponse, Status>>;
+
+/// The kubelet stopped waiting (deadline, cancelled call, dropped
+/// connection): the work done so far is undone and nobody hears of it.
+fn abandoned() -> Status {
+    Status::cancelled("the caller stopped waiting for this Allocate; everything it did was undone")
 }
 
 /// Write every allocation record, then make them all durable with one
@@ -154,24 +164,60 @@ fn plan(
 }
 
 impl Allocator {
-    /// Answer one Allocate. Blocking (files, netlink): run it off the async
-    /// workers. The daemon never changes namespace, so any thread will do.
-    pub fn allocate(
-        &self,
-        resource: &Resource,
-        containers: &[Vec<String>],
-    ) -> Result<AllocateResponse, Status> {
-        let planned = plan(resource, containers)?;
-        let _lock = self
-            .state
-            .lock()
-            .map_err(|e| internal("state directory")(e.to_string()))?;
-        let mut undo = Undo::default();
-        let result = self.allocate_locked(resource, &planned, &mut undo);
-        if result.is_err() {
-            self.undo(undo);
+    /// Answer one Allocate through `reply`. Blocking (files, netlink): run
+    /// it off the async workers; the daemon never changes namespace, so any
+    /// thread will do. While `reply` has a receiver
+    /// the work goes on; once it has none (the gRPC call was cancelled and
+    /// its future dropped), whatever this call did is undone, and an answer
+    /// that finds nobody to take it is undone too: the kubelet counts a
+    /// device it never heard of as free, so nothing may stay for it.
+    pub fn allocate_for(&self, resource: &Resource, containers: &[Vec<String>], reply: Reply) {
+        let planned = match plan(resource, containers) {
+            Ok(planned) => planned,
+            Err(status) => {
+                let _ = reply.send(Err(status));
+                return;
+            }
+        };
+        let _lock = match self.state.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                let _ = reply.send(Err(internal("state directory")(e.to_string())));
+                return;
+            }
+        };
+        // The lock can take long (a CNI ADD holds it): ask before starting.
+        if reply.is_closed() {
+            tracing::warn!(resource = %resource.config.name, "Allocate cancelled while waiting for the node lock; nothing done");
+            return;
         }
-        result
+        let mut undo = Undo::default();
+        let result = self.allocate_locked(resource, &planned, &mut undo, &reply);
+        // Still under the lock, so no undo races another Allocate. A failure
+        // is undone before it is reported: the caller may retry at once.
+        let cancelled = |undo: &Undo| {
+            tracing::warn!(
+                resource = %resource.config.name,
+                records = undo.records.len(),
+                links = undo.links.len(),
+                "Allocate cancelled by the caller; undoing what it did"
+            )
+        };
+        match result {
+            Err(status) => {
+                if reply.is_closed() {
+                    cancelled(&undo);
+                }
+                self.undo(undo);
+                let _ = reply.send(Err(status));
+            }
+            Ok(response) => {
+                if reply.send(Ok(response)).is_err() {
+                    cancelled(&undo);
+                    self.undo(undo);
+                }
+            }
+        }
     }
 
     fn allocate_locked(
@@ -179,6 +225,7 @@ impl Allocator {
         resource: &Resource,
         planned: &[Vec<(String, u32)>],
         undo: &mut Undo,
+        reply: &Reply,
     ) -> Result<AllocateResponse, Status> {
         let cfg = &resource.config;
         let mut netlink = None;
@@ -190,6 +237,11 @@ impl Allocator {
         for devices in planned {
             let mut specs = Vec::new();
             for (id, ifindex) in devices {
+                // Stop early for a caller that is gone: every further link
+                // would be one more to delete (17 ms each) in the undo.
+                if reply.is_closed() {
+                    return Err(abandoned());
+                }
                 let node_path = self.state.device_node_path(id);
                 if cfg.attach == Attach::Host {
                     if netlink.is_none() {

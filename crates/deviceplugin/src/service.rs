@@ -114,10 +114,16 @@ impl DevicePlugin for PluginService {
             .collect();
         let allocator = self.allocator.clone();
         let resource = self.resource.clone();
-        let result =
-            tokio::task::spawn_blocking(move || allocator.allocate(&resource, &containers))
-                .await
-                .map_err(|e| Status::internal(format!("allocation task failed: {e}")))?;
+        // The blocking side answers through `reply`; when the kubelet gives
+        // up (deadline, cancel, lost connection) tonic drops this future and
+        // with it `answer`, which tells the blocking side to undo its work.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || allocator.allocate_for(&resource, &containers, reply));
+        let result = answer.await.unwrap_or_else(|_| {
+            Err(Status::internal(
+                "the allocation task ended without an answer",
+            ))
+        });
         match result {
             Ok(response) => {
                 Counters::add(&self.resource.counters.allocations);

@@ -6,6 +6,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -280,4 +282,158 @@ async fn allocate_syncs_once_per_call() {
     assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
     drop(trace);
     dp.assert_running("after the traced calls");
+}
+
+/// Holds the state directory's node lock (as a CNI ADD in a slow IPAM
+/// would) until dropped.
+struct NodeLock {
+    _file: File,
+}
+
+impl NodeLock {
+    fn take(state_dir: &Path) -> NodeLock {
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(state_dir.join("lock"))
+            .expect("open the lock file");
+        // SAFETY: flock on an fd we own.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        NodeLock { _file: f }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocate_whose_deadline_passes_while_waiting_for_the_lock_does_nothing() {
+    let world = World::new("dp-cancel-lock");
+    let mut dp = world.start(&conf1("hostnet", 8, "host"), 1).await;
+    let mut c = world.client("hostnet").await;
+    let before = state_snapshot(&world);
+    let lock = NodeLock::take(&world.state_dir());
+
+    // The kubelet's deadline travels as grpc-timeout: the server drops the
+    // call when it passes.
+    let mut req = tonic::Request::new(allocate_request(&[&["hostnet-0", "hostnet-1"]]));
+    req.set_timeout(Duration::from_millis(200));
+    let t = Instant::now();
+    let r = within("Allocate with a deadline", SLOW, c.allocate(req)).await;
+    let took = t.elapsed();
+    let status = r.expect_err("Allocate succeeded while the node lock was held");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
+        "{status:?}"
+    );
+    assert!(took < SECOND, "the deadline was not kept: {took:?}");
+    // Now the lock frees and the blocking side takes it. (The server
+    // answers the deadline a moment before it drops the call; the pause
+    // keeps this test on the lock-wait path. A call dropped in that moment
+    // is undone like the one below.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(lock);
+    wait_until(
+        "the daemon noticed the cancelled call",
+        SLOW,
+        || {
+            dp.stderr()
+                .contains("cancelled while waiting for the node lock")
+        },
+        || dp.logs(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        before,
+        state_snapshot(&world),
+        "a cancelled Allocate changed the state directory"
+    );
+    let left = world.allocation_leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+
+    // The devices are free for the next call.
+    c.allocate(allocate_request(&[&["hostnet-0", "hostnet-1"]]))
+        .await
+        .unwrap_or_else(|e| panic!("Allocate after the cancelled one failed: {e}"));
+    assert_eq!(world.lab.node.macvtaps().len(), 2);
+    dp.assert_running("after the cancelled call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocate_cancelled_midway_undoes_its_links_nodes_and_records() {
+    let world = World::new("dp-cancel-mid");
+    let lab = &world.lab;
+    let n = 400u32;
+    let mut dp = world.start(&conf1("hostnet", n, "host"), 1).await;
+    let mut c = world.client("hostnet").await;
+    let ids: Vec<String> = (0..n).map(|i| format!("hostnet-{i}")).collect();
+
+    // 400 host links take long enough to cancel in the middle: the call
+    // is dropped (RST_STREAM, as a kubelet whose context ends) once a few
+    // links exist.
+    let call = tokio::spawn(async move {
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        c.allocate(allocate_request(&[&refs])).await
+    });
+    let t = Instant::now();
+    wait_until(
+        "the Allocate made its first links",
+        SLOW,
+        || lab.node.macvtaps().len() >= 5,
+        || dp.logs(),
+    )
+    .await;
+    call.abort();
+    let made = lab.node.macvtaps().len();
+    measured("cancelled after", t.elapsed());
+    assert!(
+        made < n as usize,
+        "all {made} links were made before the cancel"
+    );
+    let _ = call.await;
+
+    let undone = wait_until(
+        "everything the cancelled Allocate made is gone",
+        Duration::from_secs(30),
+        || {
+            dp.stderr().contains("Allocate cancelled by the caller")
+                && world.allocation_leftovers().is_empty()
+        },
+        || format!("{:#?}\n{}", world.allocation_leftovers(), dp.logs()),
+    )
+    .await;
+    measured("undo of the cancelled Allocate", undone);
+    let log = dp.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Allocate cancelled by the caller"))
+        .unwrap_or_default();
+    let links: usize = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("links="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no links= in {line:?}"));
+    println!("the cancelled call had made {links} links; {made} seen at the cancel");
+    assert!(
+        links >= 5 && links < n as usize,
+        "the cancel did not land mid-way: {line}"
+    );
+    assert!(lab.lower().is_up(), "the lower device was touched");
+    // The kubelet may hand the same devices out again.
+    c_again(&world, &mut dp).await;
+    dp.assert_running("after the cancelled call");
+}
+
+async fn c_again(world: &World, dp: &mut Daemon) {
+    let mut c = world.client("hostnet").await;
+    c.allocate(allocate_request(&[&[
+        "hostnet-0",
+        "hostnet-1",
+        "hostnet-2",
+    ]]))
+    .await
+    .unwrap_or_else(|e| panic!("Allocate after the undo failed: {e}\n{}", dp.logs()));
+    assert_eq!(world.lab.node.macvtaps().len(), 3);
 }
