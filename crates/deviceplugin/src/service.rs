@@ -71,21 +71,18 @@ impl DevicePlugin for PluginService {
         let mut container_responses = Vec::new();
         for req in request.into_inner().container_requests {
             let size = usize::try_from(req.allocation_size).unwrap_or(0);
-            // Must-include first, then healthy devices in index order, then
-            // whatever is left: a stable, predictable choice.
+            // Must-include first, then healthy devices in index order: a
+            // stable, predictable choice. Devices this plugin knows to be
+            // unhealthy (lower device down, promised ifindex taken by another
+            // link) are never preferred; if that leaves fewer than asked
+            // for, the kubelet picks the rest itself.
             let mut chosen: Vec<String> = req.must_include_device_i_ds.clone();
             let mut available: Vec<&String> = req
                 .available_device_i_ds
                 .iter()
-                .filter(|id| !chosen.contains(id))
+                .filter(|id| !chosen.contains(id) && healthy.contains(id.as_str()))
                 .collect();
-            available.sort_by_key(|id| {
-                (
-                    !healthy.contains(id.as_str()),
-                    index_of(id).unwrap_or(u32::MAX),
-                    (*id).clone(),
-                )
-            });
+            available.sort_by_key(|id| (index_of(id).unwrap_or(u32::MAX), (*id).clone()));
             for id in available {
                 if chosen.len() >= size {
                     break;

@@ -437,3 +437,125 @@ async fn c_again(world: &World, dp: &mut Daemon) {
     .unwrap_or_else(|e| panic!("Allocate after the undo failed: {e}\n{}", dp.logs()));
     assert_eq!(world.lab.node.macvtaps().len(), 3);
 }
+
+/// The health of device `id` in `devices`.
+fn health_of<'a>(devices: &'a [Device], id: &str) -> &'a str {
+    devices
+        .iter()
+        .find(|d| d.id == id)
+        .map_or("(missing)", |d| d.health.as_str())
+}
+
+/// Exactly the devices in `sick` are Unhealthy, all others Healthy.
+fn only_unhealthy(devices: &[Device], sick: &[&str]) -> bool {
+    !devices.is_empty()
+        && devices.iter().all(|d| {
+            let want = if sick.contains(&d.id.as_str()) {
+                UNHEALTHY
+            } else {
+                HEALTHY
+            };
+            d.health == want
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_link_holding_a_promised_ifindex_makes_that_device_unhealthy() {
+    let world = World::new("dp-taken");
+    let lab = &world.lab;
+    let conf = json!([
+        {"name": "hostnet", "lowerDevice": LOWER, "capacity": 4, "attach": "host"},
+        {"name": "podnet", "lowerDevice": LOWER, "capacity": 4, "attach": "pod"},
+    ])
+    .to_string();
+    let mut dp = world.start(&conf, 2).await;
+    let base = world.ifindex_base("hostnet");
+    let pbase = world.ifindex_base("podnet");
+    let w = world.watch("hostnet").await;
+    let wp = world.watch("podnet").await;
+    assert!(all(&w.first(SLOW).await.devices, HEALTHY));
+    assert!(all(&wp.first(SLOW).await.devices, HEALTHY));
+
+    // The daemon's own link on a promised ifindex is no obstacle.
+    let mut c = world.client("hostnet").await;
+    c.allocate(allocate_request(&[&["hostnet-1"]]))
+        .await
+        .unwrap_or_else(|e| panic!("Allocate failed: {e}\n{}", dp.logs()));
+    lab.node.expect_link(&format!("mvtap{}", base + 1));
+
+    // A veth takes hostnet-2's ifindex (its peer lives in LAN).
+    let t = Instant::now();
+    lab.node.ip_cmd(&format!(
+        "link add blk index {} type veth peer name blkp netns {}",
+        base + 2,
+        lab.lan.name()
+    ));
+    let u = w
+        .wait_for("only hostnet-2 unhealthy", SECOND, |d| {
+            only_unhealthy(d, &["hostnet-2"])
+        })
+        .await;
+    measured(
+        "device unhealthy after a veth took its ifindex",
+        u.at.duration_since(t),
+    );
+    // A macvtap on the right lower device but not named as ours.
+    lab.node.ip_cmd(&format!(
+        "link add link {LOWER} name impostor index {} type macvtap mode bridge",
+        base + 3
+    ));
+    w.wait_for("hostnet-2 and hostnet-3 unhealthy", SECOND, |d| {
+        only_unhealthy(d, &["hostnet-2", "hostnet-3"])
+    })
+    .await;
+
+    // Never preferred, not even when that leaves fewer than asked for.
+    let all_ids = expected_ids("hostnet", 4);
+    let resp = c
+        .get_preferred_allocation(PreferredAllocationRequest {
+            container_requests: vec![
+                ContainerPreferredAllocationRequest {
+                    available_device_i_ds: all_ids.clone(),
+                    must_include_device_i_ds: vec![],
+                    allocation_size: 2,
+                },
+                ContainerPreferredAllocationRequest {
+                    available_device_i_ds: all_ids.clone(),
+                    must_include_device_i_ds: vec![],
+                    allocation_size: 4,
+                },
+            ],
+        })
+        .await
+        .expect("GetPreferredAllocation")
+        .into_inner();
+    let mut first = resp.container_responses[0].device_i_ds.clone();
+    first.sort();
+    assert_eq!(first, ["hostnet-0", "hostnet-1"], "{resp:?}");
+    let mut second = resp.container_responses[1].device_i_ds.clone();
+    second.sort();
+    assert_eq!(second, ["hostnet-0", "hostnet-1"], "{resp:?}");
+    // A host link on a pod-mode device's ifindex is no obstacle: that
+    // promise is kept inside the pod's namespace.
+    lab.node.ip_cmd(&format!(
+        "link add blk2 index {pbase} type veth peer name blk2p netns {}",
+        lab.lan.name()
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = wp.updates().last().cloned().expect("podnet list");
+    assert!(all(&last.devices, HEALTHY), "{}", describe(&last.devices));
+
+    // Healthy again once the links go.
+    let t = Instant::now();
+    lab.node.ip_cmd("link del blk");
+    lab.node.ip_cmd("link del impostor");
+    let u = w
+        .wait_for("all healthy again", SECOND, |d| all(d, HEALTHY))
+        .await;
+    measured(
+        "devices healthy again after the links went",
+        u.at.duration_since(t),
+    );
+    assert_eq!(health_of(&u.devices, "hostnet-2"), HEALTHY);
+    dp.assert_running("after the blocked ifindexes");
+}
