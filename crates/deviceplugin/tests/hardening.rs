@@ -7,6 +7,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -558,4 +560,200 @@ async fn a_host_link_holding_a_promised_ifindex_makes_that_device_unhealthy() {
     );
     assert_eq!(health_of(&u.devices, "hostnet-2"), HEALTHY);
     dp.assert_running("after the blocked ifindexes");
+}
+
+/// Runs `f` on a fresh thread inside the namespace at `netns`; sockets made
+/// there stay in that namespace wherever they are used later.
+fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let netns = netns.to_path_buf();
+    std::thread::spawn(move || {
+        let ns = File::open(&netns).expect("open netns");
+        // SAFETY: setns on this dedicated, short-lived thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// GET `path` on a fresh connection: (status code, time to the answer).
+fn http_get(s: &mut TcpStream, path: &str) -> std::io::Result<u16> {
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    Ok(String::from_utf8_lossy(&raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Whether the server has closed `s` (EOF or reset); does not block.
+fn closed_by_server(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut b = [0u8; 16];
+    let mut reader = s;
+    let closed = match reader.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    };
+    s.set_nonblocking(false).expect("blocking");
+    closed
+}
+
+/// Sockets the process holds open.
+fn socket_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_cannot_starve_the_metrics_port() {
+    let world = World::new("dp-loris");
+    let addr = "127.0.0.1:9465";
+    let mut dp = world
+        .cmd(&conf1("dataplane", 4, "pod"))
+        .metrics(addr)
+        .spawn();
+    world.kubelet.wait_registrations(1, SLOW).await;
+    // A node's DaemonSet has a file limit; 200 here, so connections that
+    // are never closed would exhaust it (accept fails, /healthz with it).
+    let limit = libc::rlimit {
+        rlim_cur: 200,
+        rlim_max: 200,
+    };
+    // SAFETY: prlimit on our own child's pid with a valid struct.
+    let r = unsafe { libc::prlimit(dp.pid(), libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let node = world.lab.node.path();
+    // The metrics port opens right after the registrations.
+    let up = in_netns(&node, move || {
+        let deadline = Instant::now() + SLOW;
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                return http_get(&mut s, "/healthz").ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    });
+    assert_eq!(up, Some(200), "/healthz before the attack\n{}", dp.logs());
+    let sockets_before = socket_fds(dp.pid());
+
+    // 200 connections that never send a byte.
+    let t0 = Instant::now();
+    let idle: Vec<TcpStream> = in_netns(&node, move || {
+        (0..200)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, took) = in_netns(&node, move || {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addr).expect("connect");
+        (http_get(&mut s, "/healthz"), t.elapsed())
+    });
+    measured("/healthz with 200 idle connections open", took);
+    assert_eq!(code.expect("GET /healthz"), 200);
+    assert!(took < SECOND, "/healthz took {took:?}");
+    let held = socket_fds(dp.pid()) - sockets_before.min(socket_fds(dp.pid()));
+    let closed = idle.iter().filter(|s| closed_by_server(s)).count();
+    println!("idle connections: {closed} of 200 closed at once, {held} sockets held");
+    assert!(
+        held <= 64 + 1,
+        "the daemon holds {held} more sockets than before the idle connections"
+    );
+    assert!(
+        closed >= 200 - 64,
+        "only {closed} of 200 idle connections closed"
+    );
+
+    // The rest are closed when the read timeout (5 s) passes.
+    wait_until(
+        "every idle connection closed by the read timeout",
+        Duration::from_secs(7),
+        || idle.iter().all(closed_by_server),
+        || dp.logs(),
+    )
+    .await;
+    let all_closed = t0.elapsed();
+    measured("every idle connection closed", all_closed);
+    assert!(all_closed >= Duration::from_millis(4500), "{all_closed:?}");
+    drop(idle);
+
+    // A slow-loris: a request one byte at a time, never finished.
+    let (loris_closed, healthz) = in_netns(&node, move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let t = Instant::now();
+        let mut healthz = None;
+        for b in b"GET /healthz HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+            if s.write_all(&[*b]).is_err() || closed_by_server(&s) {
+                break;
+            }
+            if healthz.is_none() && t.elapsed() > Duration::from_secs(2) {
+                let mut other = TcpStream::connect(addr).expect("connect");
+                healthz = Some(http_get(&mut other, "/healthz").unwrap_or(0));
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (t.elapsed(), healthz)
+    });
+    measured("slow-loris connection closed after", loris_closed);
+    assert_eq!(healthz, Some(200), "/healthz during the slow-loris");
+    assert!(
+        loris_closed >= Duration::from_millis(4500) && loris_closed < Duration::from_secs(7),
+        "the slow-loris connection was closed after {loris_closed:?}, want the 5 s read timeout"
+    );
+    dp.assert_running("after the connection attacks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_address_takes_the_node_address_of_either_family() {
+    // The DaemonSet passes `$(HOST_IP):9465`; status.hostIP is a bare IPv6
+    // address on an IPv6 node.
+    let world = World::new("dp-hostip");
+    for (flag, connect) in [
+        ("::1:9467", "[::1]:9467"),
+        ("127.0.0.1:9468", "127.0.0.1:9468"),
+    ] {
+        let mut dp = world
+            .cmd(&conf1("dataplane", 4, "pod"))
+            .metrics(flag)
+            .spawn();
+        let node = world.lab.node.path();
+        let got = in_netns(&node, move || {
+            let deadline = Instant::now() + SLOW;
+            while Instant::now() < deadline {
+                if let Ok(mut s) = TcpStream::connect(connect) {
+                    return http_get(&mut s, "/healthz").ok();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        });
+        assert_eq!(got, Some(200), "--metrics-address {flag}\n{}", dp.logs());
+        dp.signal(libc::SIGTERM);
+        assert!(dp.wait_exit(SLOW).await.is_some(), "no exit on SIGTERM");
+    }
 }
