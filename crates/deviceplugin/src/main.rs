@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use macvtap_deviceplugin::config::Config;
-use macvtap_deviceplugin::daemon::{self, Paths};
+use macvtap_deviceplugin::daemon::{self, Paths, Tuning};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -46,6 +46,10 @@ struct Args {
     /// resources it defines, and exit: 0 when valid, 1 when not.
     #[arg(long)]
     check_config: bool,
+    /// Discovery (DP_MACVTAP_CONF=[]): retire a resource whose link has been
+    /// gone this many seconds (its socket is removed, it leaves resources.json).
+    #[arg(long, env = "DP_MACVTAP_RETIRE_AFTER", value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    retire_after: std::time::Duration,
     /// Log format (logs go to stderr; RUST_LOG=error|warn|info|debug|trace sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -60,6 +64,12 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
         let port: u16 = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
         Ok(SocketAddr::new(ip, port))
     })
+}
+
+/// A non-negative number of seconds, fractions allowed.
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -137,7 +147,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, paths)) {
+    let tuning = Tuning {
+        retire_after: args.retire_after,
+    };
+    match runtime.block_on(daemon::run(config, paths, tuning)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("macvtap-deviceplugin: {e}");

@@ -42,6 +42,8 @@ pub struct Resource {
     pub config: ResourceConfig,
     pub ifindex_base: u32,
     devices: watch::Sender<Arc<Vec<Device>>>,
+    /// Set once the resource is withdrawn: its ListAndWatch streams end.
+    retired: watch::Sender<bool>,
     pub counters: Counters,
 }
 
@@ -52,6 +54,7 @@ impl Resource {
             config,
             ifindex_base,
             devices: watch::channel(Arc::new(devices)).0,
+            retired: watch::channel(false).0,
             counters: Counters::default(),
         })
     }
@@ -73,6 +76,17 @@ impl Resource {
     /// The device list as ListAndWatch sends it, following changes.
     pub fn devices(&self) -> watch::Receiver<Arc<Vec<Device>>> {
         self.devices.subscribe()
+    }
+
+    /// Withdraw the resource: every ListAndWatch stream of it ends (its
+    /// server may live on in connections the kubelet still holds).
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// True from [`Resource::retire`] on, following changes.
+    pub fn retired(&self) -> watch::Receiver<bool> {
+        self.retired.subscribe()
     }
 
     pub fn healthy_count(&self) -> usize {

@@ -49,10 +49,17 @@ impl DevicePlugin for PluginService {
         &self,
         _: Request<Empty>,
     ) -> Result<Response<Self::ListAndWatchStream>, Status> {
-        // The current list at once, then every change.
-        let stream = WatchStream::new(self.resource.devices()).map(|devices| {
-            Ok(ListAndWatchResponse {
-                devices: devices.as_ref().clone(),
+        // The current list at once, then every change, until the resource
+        // is retired (its link gone for good): then the stream ends.
+        let lists = WatchStream::new(self.resource.devices()).map(Some);
+        let retired = WatchStream::new(self.resource.retired())
+            .filter(|retired| *retired)
+            .map(|_| None);
+        let stream = lists.merge(retired).map_while(|devices| {
+            devices.map(|devices| {
+                Ok(ListAndWatchResponse {
+                    devices: devices.as_ref().clone(),
+                })
             })
         });
         Ok(Response::new(Box::pin(stream)))

@@ -757,3 +757,101 @@ async fn metrics_address_takes_the_node_address_of_either_family() {
         assert!(dp.wait_exit(SLOW).await.is_some(), "no exit on SIGTERM");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_retires_a_resource_whose_link_is_gone_for_the_grace_period() {
+    let world = World::new("dp-retire");
+    let lab = &world.lab;
+    let grace = Duration::from_secs(1);
+    let mut dp = world
+        .cmd("[]")
+        .env("DP_MACVTAP_DISCOVER_KINDS", "veth")
+        .env("DP_MACVTAP_RETIRE_AFTER", "1")
+        .spawn();
+    world.kubelet.wait_registrations(1, SLOW).await;
+    let veth = |name: &str, peer: &str| {
+        lab.node.ip_cmd(&format!(
+            "link add {name} type veth peer name {peer} netns {}",
+            lab.lan.name()
+        ))
+    };
+    let in_json = |name: &str| {
+        world.resources_json()["resources"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["name"] == name))
+    };
+
+    // A short-lived link: discovered, then deleted for good.
+    veth("up7", "lan7");
+    world.kubelet.wait_registrations(2, SLOW).await;
+    let w7 = world.watch("up7").await;
+    w7.first(SLOW).await;
+    // One that flaps: deleted and back within the grace period.
+    veth("up8", "lan8");
+    world.kubelet.wait_registrations(3, SLOW).await;
+    let base8 = world.ifindex_base("up8");
+    let w8 = world.watch("up8").await;
+    w8.first(SLOW).await;
+
+    let gone = Instant::now();
+    lab.node.ip_cmd("link del up7");
+    lab.node.ip_cmd("link del up8");
+    w7.wait_for("up7 unhealthy", SECOND, |d| all(d, UNHEALTHY))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    veth("up8", "lan8");
+    // Within the grace period nothing is retired yet.
+    assert!(
+        world.socket("up7").exists(),
+        "up7 retired before its grace period"
+    );
+    assert!(in_json("up7"));
+
+    let took = wait_until(
+        "up7's socket removed",
+        SLOW,
+        || !world.socket("up7").exists(),
+        || dp.logs(),
+    )
+    .await;
+    let retired = gone.elapsed();
+    measured("resource retired after its link went", retired);
+    assert!(
+        retired >= grace,
+        "retired {retired:?} after the link went, before the {grace:?} grace ({took:?})"
+    );
+    assert!(retired < grace + SECOND, "retired only after {retired:?}");
+    wait_until(
+        "up7's ListAndWatch ended",
+        SECOND,
+        || w7.ended().is_some(),
+        || dp.logs(),
+    )
+    .await;
+    assert_eq!(w7.ended().as_deref(), Some("stream ended"));
+    assert!(!in_json("up7"), "up7 still in {}", world.resources_json());
+
+    // The flapping link kept its resource, its range and its stream.
+    tokio::time::sleep(grace).await;
+    assert!(
+        world.socket("up8").exists(),
+        "up8 was retired though it came back"
+    );
+    assert_eq!(world.ifindex_base("up8"), base8);
+    assert!(w8.ended().is_none(), "{:?}", w8.ended());
+    w8.wait_for("up8 listed again", SECOND, |d| !d.is_empty())
+        .await;
+    // up0 never went.
+    assert!(world.socket("up0").exists() && in_json("up0"));
+
+    // A link of the same name later is a new resource, registered again.
+    let n = world.kubelet.current_registrations().len();
+    veth("up7", "lan7");
+    let regs = world.kubelet.wait_registrations(n + 1, SLOW).await;
+    assert_eq!(
+        regs.last().map(|r| r.request.resource_name.clone()),
+        Some(resource_name("up7"))
+    );
+    assert!(in_json("up7"));
+    dp.assert_running("after the retirement");
+}
