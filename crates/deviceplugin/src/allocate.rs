@@ -164,13 +164,13 @@ fn plan(
 }
 
 impl Allocator {
-    /// Answer one Allocate through `reply`. Blocking (files, netlink): run
-    /// it off the async workers; the daemon never changes namespace, so any
-    /// thread will do. While `reply` has a receiver
-    /// the work goes on; once it has none (the gRPC call was cancelled and
-    /// its future dropped), whatever this call did is undone, and an answer
-    /// that finds nobody to take it is undone too: the kubelet counts a
-    /// device it never heard of as free, so nothing may stay for it.
+    /// Answer one Allocate through `reply`. Blocking (files, netlink): run it
+    /// off the async workers; the daemon never changes namespace, so any
+    /// thread will do. While `reply` has a receiver the work goes on; once
+    /// it has none (the gRPC call was cancelled and its future dropped),
+    /// whatever this call did is undone, and an answer that finds nobody to
+    /// take it is undone too: the kubelet counts a device it never heard of
+    /// as free, so nothing may stay for it.
     pub fn allocate_for(&self, resource: &Resource, containers: &[Vec<String>], reply: Reply) {
         let planned = match plan(resource, containers) {
             Ok(planned) => planned,
