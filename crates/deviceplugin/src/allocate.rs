@@ -1,10 +1,12 @@
 //! Allocate: promise each device's ifindex and device node, record it, and
 //! for `attach: host` resources create the macvtap in the host namespace.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use macvtap_net::{MacvtapSpec, Netlink, SysfsView};
 use macvtap_state::{host_link_name, parse_device_id, AllocationRecord, Attach, NodeRef, StateDir};
+use tokio::sync::oneshot;
 use tonic::Status;
 
 use crate::proto::deviceplugin::{AllocateResponse, ContainerAllocateResponse, DeviceSpec};
@@ -36,46 +38,122 @@ fn internal(what: &str) -> impl Fn(String) -> Status + '_ {
     move |e| Status::internal(format!("{what}: {e}"))
 }
 
-impl Allocator {
-    /// Answer one Allocate. Blocking (files, netlink): run it off the async
-    /// workers. The daemon never changes namespace, so any thread will do.
-    pub fn allocate(
-        &self,
-        resource: &Resource,
-        containers: &[Vec<String>],
-    ) -> Result<AllocateResponse, Status> {
-        let cfg = &resource.config;
-        // Refuse anything this resource does not offer before touching anything.
-        let mut planned = Vec::new();
-        for ids in containers {
-            let mut devices = Vec::new();
-            for id in ids {
-                let index = match parse_device_id(id) {
-                    Ok((name, index)) if name == cfg.name && index < cfg.capacity => index,
-                    _ => {
-                        return Err(Status::invalid_argument(format!(
-                            "device {id:?} is not offered by resource {} ({}-0 .. {}-{})",
-                            resource.resource_name(),
-                            cfg.name,
-                            cfg.name,
-                            cfg.capacity - 1
-                        )))
-                    }
-                };
-                devices.push((id.clone(), resource.ifindex_base + index));
+/// The answer of one Allocate, and whether anyone still waits for it.
+pub type Reply = oneshot::Sender<Result<AllocateResponse, Status>>;
+
+/// The kubelet stopped waiting (deadline, cancelled call, dropped
+/// connection): the work done so far is undone and nobody hears of it.
+fn abandoned() -> Status {
+    Status::cancelled("the caller stopped waiting for this Allocate; everything it did was undone")
+}
+
+/// Check a request against the resource before touching anything:
+/// every ID offered by it, no ID twice, no more IDs than the resource has.
+/// Returns each container's (device ID, ifindex) list.
+fn plan(
+    resource: &Resource,
+    containers: &[Vec<String>],
+) -> Result<Vec<Vec<(String, u32)>>, Status> {
+    let cfg = &resource.config;
+    // No call can name more distinct devices than the resource offers:
+    // refuse a long list before looking at it (20,000 IDs used to hold
+    // the node lock for 17 s).
+    let listed: usize = containers.iter().map(Vec::len).sum();
+    if listed > cfg.capacity as usize {
+        return Err(Status::invalid_argument(format!(
+            "Allocate lists {listed} device IDs; resource {} offers {} devices",
+            resource.resource_name(),
+            cfg.capacity
+        )));
+    }
+    // The kubelet hands a device to one container once; an ID listed twice
+    // (in one container or two) is a broken or hostile caller. Refused,
+    // not collapsed: collapsing would answer with fewer devices than asked
+    // and leave the caller to guess which container got the device.
+    let mut seen = HashSet::with_capacity(listed);
+    let mut planned = Vec::with_capacity(containers.len());
+    for ids in containers {
+        let mut devices = Vec::with_capacity(ids.len());
+        for id in ids {
+            let index = match parse_device_id(id) {
+                Ok((name, index)) if name == cfg.name && index < cfg.capacity => index,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "device {id:?} is not offered by resource {} ({}-0 .. {}-{})",
+                        resource.resource_name(),
+                        cfg.name,
+                        cfg.name,
+                        cfg.capacity - 1
+                    )))
+                }
+            };
+            if !seen.insert(index) {
+                return Err(Status::invalid_argument(format!(
+                    "device {id:?} is listed more than once in one Allocate; the kubelet never does that"
+                )));
             }
-            planned.push(devices);
+            devices.push((id.clone(), resource.ifindex_base + index));
         }
-        let _lock = self
-            .state
-            .lock(LOCK_TIMEOUT)
-            .map_err(|e| internal("state directory")(e.to_string()))?;
+        planned.push(devices);
+    }
+    Ok(planned)
+}
+
+impl Allocator {
+    /// Answer one Allocate through `reply`. Blocking (files, netlink): run it
+    /// off the async workers; the daemon never changes namespace, so any
+    /// thread will do. While `reply` has a receiver the work goes on; once
+    /// it has none (the gRPC call was cancelled and its future dropped),
+    /// whatever this call did is undone, and an answer that finds nobody to
+    /// take it is undone too: the kubelet counts a device it never heard of
+    /// as free, so nothing may stay for it.
+    pub fn allocate_for(&self, resource: &Resource, containers: &[Vec<String>], reply: Reply) {
+        let planned = match plan(resource, containers) {
+            Ok(planned) => planned,
+            Err(status) => {
+                let _ = reply.send(Err(status));
+                return;
+            }
+        };
+        let _lock = match self.state.lock(LOCK_TIMEOUT) {
+            Ok(lock) => lock,
+            Err(e) => {
+                let _ = reply.send(Err(internal("state directory")(e.to_string())));
+                return;
+            }
+        };
+        // The lock can take long (a CNI ADD holds it): ask before starting.
+        if reply.is_closed() {
+            tracing::warn!(resource = %resource.config.name, "Allocate cancelled while waiting for the node lock; nothing done");
+            return;
+        }
         let mut undo = Undo::default();
-        let result = self.allocate_locked(resource, &planned, &mut undo);
-        if result.is_err() {
-            self.undo(undo);
+        let result = self.allocate_locked(resource, &planned, &mut undo, &reply);
+        // Still under the lock, so no undo races another Allocate. A failure
+        // is undone before it is reported: the caller may retry at once.
+        let cancelled = |undo: &Undo| {
+            tracing::warn!(
+                resource = %resource.config.name,
+                records = undo.records.len(),
+                links = undo.links.len(),
+                "Allocate cancelled by the caller; undoing what it did"
+            )
+        };
+        match result {
+            Err(status) => {
+                if reply.is_closed() {
+                    cancelled(&undo);
+                }
+                self.undo(undo);
+                let _ = reply.send(Err(status));
+            }
+            Ok(response) => {
+                if reply.send(Ok(response)).is_err() {
+                    cancelled(&undo);
+                    self.undo(undo);
+                }
+            }
         }
-        result
     }
 
     fn allocate_locked(
@@ -83,6 +161,7 @@ impl Allocator {
         resource: &Resource,
         planned: &[Vec<(String, u32)>],
         undo: &mut Undo,
+        reply: &Reply,
     ) -> Result<AllocateResponse, Status> {
         let cfg = &resource.config;
         let mut netlink = None;
@@ -91,6 +170,11 @@ impl Allocator {
         for devices in planned {
             let mut specs = Vec::new();
             for (id, ifindex) in devices {
+                // Stop early for a caller that is gone: every further link
+                // would be one more to delete (17 ms each) in the undo.
+                if reply.is_closed() {
+                    return Err(abandoned());
+                }
                 let node_path = self.state.device_node_path(id);
                 if cfg.attach == Attach::Host {
                     if netlink.is_none() {
@@ -116,7 +200,6 @@ impl Allocator {
                     node_path.clone(),
                     cfg.attach,
                 ));
-                undo.records.push(id.clone());
                 specs.push(DeviceSpec {
                     container_path: format!("/dev/tap{ifindex}"),
                     host_path: node_path.to_string_lossy().into_owned(),
@@ -128,9 +211,12 @@ impl Allocator {
                 ..Default::default()
             });
         }
+        // Written at the end, all at once, so one sync (syncfs) covers them;
+        // a failure part-way removes them all (missing ones are fine).
+        undo.records = grants.iter().map(|r| r.device_id.clone()).collect();
         self.state
             .save_allocations(&grants)
-            .map_err(|e| internal("allocation record")(e.to_string()))?;
+            .map_err(|e| internal("allocation records")(e.to_string()))?;
         Ok(AllocateResponse {
             container_responses,
         })

@@ -26,6 +26,26 @@ pub struct Paths {
     pub metrics_address: Option<SocketAddr>,
 }
 
+/// How the daemon behaves, beyond where things are.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Discovery: a resource whose link has been gone this long is retired.
+    pub retire_after: Duration,
+}
+
+/// A short-lived link's resource (a veth of a test, a USB NIC unplugged)
+/// goes after this long; a link that flaps or is re-created by its manager
+/// comes back well within it and keeps its resource and ifindex range.
+pub const DEFAULT_RETIRE_AFTER: Duration = Duration::from_secs(30);
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            retire_after: DEFAULT_RETIRE_AFTER,
+        }
+    }
+}
+
 /// Why the daemon cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -81,6 +101,9 @@ struct Daemon {
     retry_delay: Duration,
     shared: metrics::Shared,
     discover: Option<BTreeSet<LinkKind>>,
+    /// Discovered resources whose link is gone, and since when.
+    gone_since: BTreeMap<String, Instant>,
+    retire_after: Duration,
 }
 
 /// Resources that discovery offers for these links.
@@ -214,6 +237,65 @@ impl Daemon {
         Ok(())
     }
 
+    /// Discovery: note which resources' links are gone (and since when)
+    /// and which came back.
+    fn track_gone(&mut self, links: &LinkTable) {
+        let now = Instant::now();
+        for (name, resource) in &self.resources {
+            if links.by_name(&resource.config.lower_device).is_some() {
+                self.gone_since.remove(name);
+            } else {
+                self.gone_since.entry(name.clone()).or_insert(now);
+            }
+        }
+    }
+
+    /// When the next gone resource is due for retirement.
+    fn next_retirement(&self) -> Option<Instant> {
+        self.gone_since
+            .values()
+            .min()
+            .map(|t| *t + self.retire_after)
+    }
+
+    /// Retire every resource whose link has been gone long enough: stop
+    /// serving it (its socket goes, which the kubelet takes as the plugin
+    /// leaving), end its ListAndWatch streams, and drop it from
+    /// resources.json so its ifindex range is free again.
+    fn retire_due(&mut self) -> Result<(), DaemonError> {
+        let due: Vec<String> = self
+            .gone_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= self.retire_after)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        for name in &due {
+            self.gone_since.remove(name);
+            self.unregistered.remove(name);
+            if let Some(served) = self.served.remove(name) {
+                served.stop();
+            }
+            if let Some(resource) = self.resources.remove(name) {
+                resource.retire();
+                tracing::info!(
+                    resource = %resource.resource_name(),
+                    after_s = self.retire_after.as_secs_f64(),
+                    "retired: its link has been gone for the grace period"
+                );
+            }
+        }
+        if let Ok(mut shared) = self.shared.write() {
+            *shared = self.resources.values().cloned().collect();
+        }
+        self.state.save_config(&NodeConfig {
+            resources: self.resources.values().map(|r| r.to_state()).collect(),
+        })?;
+        Ok(())
+    }
+
     fn stop(&mut self) {
         for (_, served) in std::mem::take(&mut self.served) {
             served.stop();
@@ -222,7 +304,7 @@ impl Daemon {
 }
 
 /// Run until SIGTERM or SIGINT.
-pub async fn run(config: Config, paths: Paths) -> Result<(), DaemonError> {
+pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), DaemonError> {
     let started = Instant::now();
     let state = StateDir::open(&paths.state_dir)?;
     std::fs::create_dir_all(&paths.device_plugin_dir).map_err(|source| DaemonError::PluginDir {
@@ -250,6 +332,8 @@ pub async fn run(config: Config, paths: Paths) -> Result<(), DaemonError> {
         retry_delay: FIRST_RETRY,
         shared: Arc::new(RwLock::new(Vec::new())),
         discover,
+        gone_since: BTreeMap::new(),
+        retire_after: tuning.retire_after,
     };
     let added = daemon.add_resources(wanted, &table)?;
     let all: Vec<Arc<Resource>> = daemon.resources.values().cloned().collect();
@@ -327,6 +411,7 @@ async fn serve_until_signal(
                     resource.update(&table);
                 }
                 if let Some(kinds) = daemon.discover.clone() {
+                    daemon.track_gone(&table);
                     let added = daemon.add_resources(discovered(&table, &kinds), &table)?;
                     for resource in &added {
                         tracing::info!(resource = %resource.resource_name(), "discovered");
@@ -340,6 +425,17 @@ async fn serve_until_signal(
             _ = tokio::time::sleep(daemon.retry_delay), if !daemon.unregistered.is_empty() => {
                 daemon.register_pending().await
             }
+            _ = sleep_until_some(daemon.next_retirement()), if daemon.next_retirement().is_some() => {
+                daemon.retire_due()?;
+            }
         }
+    }
+}
+
+/// Sleep until `at`; forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -19,6 +19,8 @@ pub struct HostLink {
     pub info_kind: Option<String>,
     pub carrier: bool,
     pub enslaved: bool,
+    /// The lower device's ifindex, for macvlan/macvtap links.
+    pub lower_index: Option<u32>,
     /// NUMA node of the device behind the link, when sysfs knows it.
     pub numa_node: Option<i64>,
 }
@@ -32,6 +34,10 @@ pub struct LinkTable {
 impl LinkTable {
     pub fn by_name(&self, name: &str) -> Option<&HostLink> {
         self.links.values().find(|l| l.name == name)
+    }
+
+    pub fn by_index(&self, index: u32) -> Option<&HostLink> {
+        self.links.get(&index)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &HostLink> {
@@ -63,6 +69,7 @@ impl Describer {
             info_kind: link.kind,
             carrier: link.up && link.carrier,
             enslaved: link.controller.is_some(),
+            lower_index: link.lower_index,
             numa_node,
             name: link.name,
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use macvtap_deviceplugin::config::Config;
-use macvtap_deviceplugin::daemon::{self, Paths};
+use macvtap_deviceplugin::daemon::{self, Paths, Tuning};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -37,16 +37,39 @@ struct Args {
     /// The kubelet's PodResources socket, asked at start which devices pods hold.
     #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
     pod_resources_socket: PathBuf,
-    /// Serve Prometheus metrics on http://ADDR/metrics (and /healthz), e.g. 127.0.0.1:9465.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics on http://ADDR/metrics (and /healthz), e.g.
+    /// 127.0.0.1:9465, [fd00::1]:9465 or fd00::1:9465 (a bare IPv6 address, as
+    /// the downward API's status.hostIP gives it, followed by :PORT).
+    #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
     metrics_address: Option<SocketAddr>,
     /// Only check DP_MACVTAP_CONF (and DP_MACVTAP_DISCOVER_KINDS), print the
     /// resources it defines, and exit: 0 when valid, 1 when not.
     #[arg(long)]
     check_config: bool,
+    /// Discovery (DP_MACVTAP_CONF=[]): retire a resource whose link has been
+    /// gone this many seconds (its socket is removed, it leaves resources.json).
+    #[arg(long, env = "DP_MACVTAP_RETIRE_AFTER", value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    retire_after: std::time::Duration,
     /// Log format (logs go to stderr; RUST_LOG=error|warn|info|debug|trace sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+/// `IP:PORT`, with an IPv6 address in brackets or bare: a manifest can only
+/// append `:PORT` to the node's address, whichever family it is.
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().or_else(|_| {
+        let (ip, port) = s.rsplit_once(':').ok_or("want IP:PORT")?;
+        let ip: std::net::IpAddr = ip.parse().map_err(|e| format!("{ip:?}: {e}"))?;
+        let port: u16 = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
+        Ok(SocketAddr::new(ip, port))
+    })
+}
+
+/// A non-negative number of seconds, fractions allowed.
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -124,7 +147,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, paths)) {
+    let tuning = Tuning {
+        retire_after: args.retire_after,
+    };
+    match runtime.block_on(daemon::run(config, paths, tuning)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("macvtap-deviceplugin: {e}");

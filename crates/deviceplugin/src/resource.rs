@@ -4,11 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use macvtap_state::{NodeConfig, Resource as StateResource};
+use macvtap_state::{host_link_name, Attach, NodeConfig, Resource as StateResource};
 use tokio::sync::watch;
 
 use crate::config::ResourceConfig;
-use crate::links::LinkTable;
+use crate::links::{HostLink, LinkTable};
 use crate::proto::deviceplugin::{Device, NumaNode, TopologyInfo};
 
 /// The extended-resource domain, as upstream.
@@ -42,16 +42,19 @@ pub struct Resource {
     pub config: ResourceConfig,
     pub ifindex_base: u32,
     devices: watch::Sender<Arc<Vec<Device>>>,
+    /// Set once the resource is withdrawn: its ListAndWatch streams end.
+    retired: watch::Sender<bool>,
     pub counters: Counters,
 }
 
 impl Resource {
     pub fn new(config: ResourceConfig, ifindex_base: u32, links: &LinkTable) -> Arc<Resource> {
-        let devices = build_devices(&config, links);
+        let devices = build_devices(&config, ifindex_base, links);
         Arc::new(Resource {
             config,
             ifindex_base,
             devices: watch::channel(Arc::new(devices)).0,
+            retired: watch::channel(false).0,
             counters: Counters::default(),
         })
     }
@@ -75,6 +78,17 @@ impl Resource {
         self.devices.subscribe()
     }
 
+    /// Withdraw the resource: every ListAndWatch stream of it ends (its
+    /// server may live on in connections the kubelet still holds).
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// True from [`Resource::retire`] on, following changes.
+    pub fn retired(&self) -> watch::Receiver<bool> {
+        self.retired.subscribe()
+    }
+
     pub fn healthy_count(&self) -> usize {
         self.devices
             .borrow()
@@ -85,7 +99,7 @@ impl Resource {
 
     /// Recompute health from the links; tell watchers only on a change.
     pub fn update(&self, links: &LinkTable) {
-        let fresh = build_devices(&self.config, links);
+        let fresh = build_devices(&self.config, self.ifindex_base, links);
         self.devices.send_if_modified(|current| {
             if **current == fresh {
                 false
@@ -108,24 +122,44 @@ impl Resource {
     }
 }
 
-/// Healthy while the lower device exists, is up and has carrier.
-fn build_devices(config: &ResourceConfig, links: &LinkTable) -> Vec<Device> {
+/// Healthy while the lower device exists, is up and has carrier; for
+/// `attach: host`, also only while no other host link holds the device's
+/// promised ifindex (Allocate would fail with "File exists" otherwise).
+fn build_devices(config: &ResourceConfig, ifindex_base: u32, links: &LinkTable) -> Vec<Device> {
     let lower = links.by_name(&config.lower_device);
-    let health = if lower.is_some_and(|l| l.carrier) {
-        HEALTHY
-    } else {
-        UNHEALTHY
-    };
+    let lower_ok = lower.is_some_and(|l| l.carrier);
     let topology = lower.and_then(|l| l.numa_node).map(|id| TopologyInfo {
         nodes: vec![NumaNode { id }],
     });
     (0..config.capacity)
-        .map(|i| Device {
-            id: format!("{}-{i}", config.name),
-            health: health.to_string(),
-            topology: topology.clone(),
+        .map(|i| {
+            let ifindex = ifindex_base + i;
+            let taken = config.attach == Attach::Host
+                && links
+                    .by_index(ifindex)
+                    .is_some_and(|l| !is_our_host_link(l, ifindex, lower.map(|l| l.index)));
+            Device {
+                id: format!("{}-{i}", config.name),
+                health: if lower_ok && !taken {
+                    HEALTHY
+                } else {
+                    UNHEALTHY
+                }
+                .to_string(),
+                topology: topology.clone(),
+            }
         })
         .collect()
+}
+
+/// Whether `link` is the macvtap Allocate makes for the device promised
+/// `ifindex`: that name, that kind, on the resource's lower device. Any
+/// other link there blocks the device.
+fn is_our_host_link(link: &HostLink, ifindex: u32, lower: Option<u32>) -> bool {
+    link.info_kind.as_deref() == Some("macvtap")
+        && link.name == host_link_name(ifindex)
+        && lower.is_some()
+        && link.lower_index == lower
 }
 
 /// Give every resource an ifindex range: the one it had (same name in the

@@ -49,10 +49,17 @@ impl DevicePlugin for PluginService {
         &self,
         _: Request<Empty>,
     ) -> Result<Response<Self::ListAndWatchStream>, Status> {
-        // The current list at once, then every change.
-        let stream = WatchStream::new(self.resource.devices()).map(|devices| {
-            Ok(ListAndWatchResponse {
-                devices: devices.as_ref().clone(),
+        // The current list at once, then every change, until the resource
+        // is retired (its link gone for good): then the stream ends.
+        let lists = WatchStream::new(self.resource.devices()).map(Some);
+        let retired = WatchStream::new(self.resource.retired())
+            .filter(|retired| *retired)
+            .map(|_| None);
+        let stream = lists.merge(retired).map_while(|devices| {
+            devices.map(|devices| {
+                Ok(ListAndWatchResponse {
+                    devices: devices.as_ref().clone(),
+                })
             })
         });
         Ok(Response::new(Box::pin(stream)))
@@ -71,21 +78,18 @@ impl DevicePlugin for PluginService {
         let mut container_responses = Vec::new();
         for req in request.into_inner().container_requests {
             let size = usize::try_from(req.allocation_size).unwrap_or(0);
-            // Must-include first, then healthy devices in index order, then
-            // whatever is left: a stable, predictable choice.
+            // Must-include first, then healthy devices in index order: a
+            // stable, predictable choice. Devices this plugin knows to be
+            // unhealthy (lower device down, promised ifindex taken by another
+            // link) are never preferred; if that leaves fewer than asked
+            // for, the kubelet picks the rest itself.
             let mut chosen: Vec<String> = req.must_include_device_i_ds.clone();
             let mut available: Vec<&String> = req
                 .available_device_i_ds
                 .iter()
-                .filter(|id| !chosen.contains(id))
+                .filter(|id| !chosen.contains(id) && healthy.contains(id.as_str()))
                 .collect();
-            available.sort_by_key(|id| {
-                (
-                    !healthy.contains(id.as_str()),
-                    index_of(id).unwrap_or(u32::MAX),
-                    (*id).clone(),
-                )
-            });
+            available.sort_by_key(|id| (index_of(id).unwrap_or(u32::MAX), (*id).clone()));
             for id in available {
                 if chosen.len() >= size {
                     break;
@@ -114,10 +118,16 @@ impl DevicePlugin for PluginService {
             .collect();
         let allocator = self.allocator.clone();
         let resource = self.resource.clone();
-        let result =
-            tokio::task::spawn_blocking(move || allocator.allocate(&resource, &containers))
-                .await
-                .map_err(|e| Status::internal(format!("allocation task failed: {e}")))?;
+        // The blocking side answers through `reply`; when the kubelet gives
+        // up (deadline, cancel, lost connection) tonic drops this future and
+        // with it `answer`, which tells the blocking side to undo its work.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || allocator.allocate_for(&resource, &containers, reply));
+        let result = answer.await.unwrap_or_else(|_| {
+            Err(Status::internal(
+                "the allocation task ended without an answer",
+            ))
+        });
         match result {
             Ok(response) => {
                 Counters::add(&self.resource.counters.allocations);
