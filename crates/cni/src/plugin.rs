@@ -638,7 +638,15 @@ fn claim_device(
     }
     if let Some(held) = state.load_claim(id) {
         let other = held.container_id != env.container_id || held.ifname != env.ifname;
-        if other && held.grant == grant.grant && claim_alive(state, &held) {
+        // A claim protects its holder only under the current grant and, once
+        // the grant names its pod, only if the holder is that pod (an ADD
+        // before the device plugin learnt the pod could be anyone's).
+        let rightful = held.grant == grant.grant
+            && grant
+                .pod
+                .as_ref()
+                .is_none_or(|p| held.pod.as_ref() == Some(p));
+        if other && rightful && claim_alive(state, &held) {
             return Err(not_granted(format!(
                 "is attached to container {} ({}) in {}",
                 held.container_id, held.ifname, held.netns

@@ -323,6 +323,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
     let mut daemon = Daemon {
         allocator: Arc::new(Allocator {
             state: state.clone(),
+            pod_resources: Some(paths.pod_resources_socket.clone()),
         }),
         state,
         paths,

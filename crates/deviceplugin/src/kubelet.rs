@@ -1,7 +1,7 @@
 //! Talking to the kubelet: serve a resource's socket, register it, notice
 //! kubelet restarts, ask which devices pods hold.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -165,6 +165,14 @@ pub fn watch_dir(dir: &Path) -> nix::Result<mpsc::UnboundedReceiver<DirEvent>> {
 /// The device IDs of our resources that pods hold, from the kubelet's
 /// PodResources API; None when it cannot be asked.
 pub async fn devices_in_use(socket: &Path) -> Option<HashSet<String>> {
+    device_holders(socket)
+        .await
+        .map(|holders| holders.into_keys().collect())
+}
+
+/// Which pod holds each device of our resources, from the kubelet's
+/// PodResources API; None when it cannot be asked.
+pub async fn device_holders(socket: &Path) -> Option<HashMap<String, macvtap_state::PodRef>> {
     if !socket.exists() {
         return None;
     }
@@ -176,16 +184,21 @@ pub async fn devices_in_use(socket: &Path) -> Option<HashSet<String>> {
             .ok()?
             .into_inner();
         let prefix = format!("{RESOURCE_PREFIX}/");
-        Some(
-            response
-                .pod_resources
-                .into_iter()
-                .flat_map(|p| p.containers)
-                .flat_map(|c| c.devices)
-                .filter(|d| d.resource_name.starts_with(&prefix))
-                .flat_map(|d| d.device_ids)
-                .collect(),
-        )
+        let mut holders = HashMap::new();
+        for pod in response.pod_resources {
+            let owner = macvtap_state::PodRef {
+                namespace: pod.namespace,
+                name: pod.name,
+            };
+            for device in pod.containers.into_iter().flat_map(|c| c.devices) {
+                if device.resource_name.starts_with(&prefix) {
+                    for id in device.device_ids {
+                        holders.insert(id, owner.clone());
+                    }
+                }
+            }
+        }
+        Some(holders)
     };
     tokio::time::timeout(Duration::from_secs(3), ask)
         .await

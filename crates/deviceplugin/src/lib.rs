@@ -4,6 +4,7 @@
 pub mod allocate;
 pub mod config;
 pub mod daemon;
+pub mod grants;
 pub mod kubelet;
 pub mod links;
 pub mod metrics;

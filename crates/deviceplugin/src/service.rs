@@ -118,6 +118,7 @@ impl DevicePlugin for PluginService {
             .collect();
         let allocator = self.allocator.clone();
         let resource = self.resource.clone();
+        let ids: Vec<String> = containers.iter().flatten().cloned().collect();
         // The blocking side answers through `reply`; when the kubelet gives
         // up (deadline, cancel, lost connection) tonic drops this future and
         // with it `answer`, which tells the blocking side to undo its work.
@@ -131,6 +132,13 @@ impl DevicePlugin for PluginService {
         match result {
             Ok(response) => {
                 Counters::add(&self.resource.counters.allocations);
+                if let Some(socket) = &self.allocator.pod_resources {
+                    tokio::spawn(crate::grants::bind_after_allocate(
+                        self.allocator.state.clone(),
+                        socket.clone(),
+                        ids,
+                    ));
+                }
                 tracing::info!(
                     resource = %self.resource.config.name,
                     took_us = started.elapsed().as_micros() as u64,

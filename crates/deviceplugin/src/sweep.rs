@@ -8,12 +8,14 @@ use std::sync::Arc;
 use macvtap_net::Netlink;
 use macvtap_state::{host_link_name, Attach, NodeRef, StateDir};
 
-use crate::kubelet::devices_in_use;
+use crate::kubelet::device_holders;
 use crate::resource::Resource;
 
 /// What the sweep removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
+    /// Grants the node had lost, re-derived (or bound) from the kubelet's word.
+    pub grants: usize,
     pub records: usize,
     pub nodes: usize,
     pub links: usize,
@@ -24,7 +26,7 @@ pub async fn sweep(
     resources: &[Arc<Resource>],
     pod_resources: &Path,
 ) -> Option<Swept> {
-    let Some(in_use) = devices_in_use(pod_resources).await else {
+    let Some(holders) = device_holders(pod_resources).await else {
         tracing::info!(
             "no answer from the PodResources API at {}: nothing swept",
             pod_resources.display()
@@ -37,9 +39,21 @@ pub async fn sweep(
         .filter(|r| r.config.attach == Attach::Host)
         .map(|r| (r.config.name.clone(), r.ifindex_base, r.config.capacity))
         .collect();
-    tokio::task::spawn_blocking(move || sweep_blocking(&state, &in_use, &host_ranges))
-        .await
-        .ok()
+    let resources = resources.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let in_use: HashSet<String> = holders.keys().cloned().collect();
+        let mut swept = sweep_blocking(&state, &in_use, &host_ranges);
+        swept.grants = crate::grants::rederive(&state, &resources, &holders);
+        if swept.grants > 0 {
+            tracing::info!(
+                grants = swept.grants,
+                "grants re-derived from the PodResources API"
+            );
+        }
+        swept
+    })
+    .await
+    .ok()
 }
 
 fn sweep_blocking(
