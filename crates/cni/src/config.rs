@@ -201,7 +201,7 @@ struct Decoded {
 /// the container its parent holds.
 const OWN_TYPE: &str = "macvtap";
 
-fn decode(value: Value, policy: &NodePolicy) -> Result<Decoded> {
+fn decode(value: Value, policy: &NodePolicy, teardown: bool) -> Result<Decoded> {
     check_types(&value)?;
     let raw: RawConf = serde_json::from_value(value).map_err(|e| {
         err(
@@ -225,6 +225,12 @@ fn decode(value: Value, policy: &NodePolicy) -> Result<Decoded> {
             )));
         }
     }
+    let mut raw = raw;
+    if teardown && raw.ipam.as_ref().is_some_and(|i| i.plugin == OWN_TYPE) {
+        // ADD refused it, so nothing was leased: tear down without it rather
+        // than fail a DEL the runtime would retry forever.
+        raw.ipam = None;
+    }
     if let Some(ipam) = &raw.ipam {
         if ipam.plugin.is_empty() || ipam.plugin.contains('/') || ipam.plugin.starts_with('.') {
             return Err(invalid(format!(
@@ -247,7 +253,7 @@ impl Config {
     /// cannot recover the deviceID once the pod is gone); the attachment's
     /// record says what was made, so refusing would only leak it.
     pub fn parse_for_teardown(value: Value, policy: &NodePolicy) -> Result<Self> {
-        let Decoded { raw, version, name } = decode(value, policy)?;
+        let Decoded { raw, version, name } = decode(value, policy, true)?;
         Ok(Config {
             version,
             name,
@@ -273,7 +279,7 @@ impl Config {
     /// Decode and validate against the node's `policy`. `env` supplies
     /// CNI_ARGS (for `MAC=`).
     pub fn parse(value: Value, env: &Env, policy: &NodePolicy) -> Result<Self> {
-        let Decoded { raw, version, name } = decode(value, policy)?;
+        let Decoded { raw, version, name } = decode(value, policy, false)?;
 
         let lower = match (raw.master, raw.lower_device) {
             (Some(a), Some(b)) if a != b => {
@@ -289,21 +295,23 @@ impl Config {
             .map(|m| m.parse::<MacvtapMode>().map_err(invalid))
             .transpose()?;
         let listed = raw.source_macs.unwrap_or_default();
-        // Capped before parsing: thousands would overflow a netlink attribute.
-        if listed.len() > policy.max_source_macs {
+        let mut source_macs: Vec<MacAddr> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for m in &listed {
+            let mac = MacAddr::parse_unicast(m).map_err(|e| invalid(format!("sourceMacs: {e}")))?;
+            if seen.insert(mac.0) {
+                source_macs.push(mac);
+            }
+        }
+        // Capped after de-duplication; thousands would also overflow a
+        // netlink attribute.
+        if source_macs.len() > policy.max_source_macs {
             return Err(invalid(format!(
-                "sourceMacs lists {} MACs; this node allows at most {} ({})",
-                listed.len(),
+                "sourceMacs lists {} distinct MACs; this node allows at most {} ({})",
+                source_macs.len(),
                 policy.max_source_macs,
                 policy.origin
             )));
-        }
-        let mut source_macs: Vec<MacAddr> = Vec::with_capacity(listed.len());
-        for m in &listed {
-            let mac = MacAddr::parse_unicast(m).map_err(|e| invalid(format!("sourceMacs: {e}")))?;
-            if !source_macs.contains(&mac) {
-                source_macs.push(mac);
-            }
         }
         let source = match (raw.device_id.filter(|d| !d.is_empty()), lower) {
             (Some(_), Some(_)) => {

@@ -9,6 +9,11 @@ use serde_json::Value;
 
 use crate::error::{code, err, CniError, Result};
 
+/// Set for every IPAM plugin this plugin runs: if it is this plugin again
+/// (a copy, a link, any name), the child refuses at once instead of waiting
+/// for the lock of the container its parent holds.
+pub const DELEGATED_ENV: &str = "MACVTAP_RUN_AS_IPAM";
+
 /// One IPAM plugin invocation's context.
 #[derive(Debug, Clone)]
 pub struct Ipam<'a> {
@@ -107,6 +112,7 @@ impl<'a> Ipam<'a> {
         let binary = self.find()?;
         let mut cmd = Command::new(&binary);
         cmd.env("CNI_COMMAND", command)
+            .env(DELEGATED_ENV, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

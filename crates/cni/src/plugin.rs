@@ -55,6 +55,12 @@ fn dispatch(env: &Env, stdin: &[u8], version: &mut String) -> Result<Option<Valu
             json!({ "cniVersion": shown, "supportedVersions": SUPPORTED_VERSIONS }),
         ));
     }
+    if std::env::var_os(crate::ipam::DELEGATED_ENV).is_some() {
+        return Err(err(
+            code::INVALID_CONFIG,
+            "this plugin was run as an IPAM plugin by itself: its ipam type names macvtap, not an IPAM plugin",
+        ));
+    }
     let (value, asked) = peek_version(stdin)?;
     let parsed = Version::parse(&asked)?;
     *version = asked;
@@ -362,17 +368,6 @@ fn add_locked(
         Some(_) => Some(state.lock(cfg.policy.lock_timeout)?),
         None => None,
     };
-    if let Some(dev) = &target.device {
-        claim_device(state, env, netns_id, dev)?;
-        undo.claim = Some(dev.device_id.clone());
-    }
-    if target.attach() == Attach::Host && pod.nl.link_by_name(ifname).map_err(kernel)?.is_some() {
-        // (For attach: pod the kernel's EEXIST on create says the same.)
-        return Err(err(
-            code::INTERFACE_EXISTS,
-            format!("interface {ifname:?} already exists in {}", env.netns),
-        ));
-    }
     let mut host_nl = Netlink::open().map_err(kernel)?;
     // attach: host whose link is gone (a reboot, a re-created sandbox: the
     // kubelet reuses its checkpointed allocation without calling Allocate,
@@ -388,6 +383,8 @@ fn add_locked(
         (None, Some(link)) => link.mac.unwrap_or_else(random_mac),
         (None, None) => random_mac(),
     };
+    // The intent goes first: whatever a kill -9 interrupts from here on
+    // (the claim included), DEL finds a record naming it.
     let mut record = AttachmentRecord {
         network: cfg.name.clone(),
         container_id: env.container_id.clone(),
@@ -404,6 +401,17 @@ fn add_locked(
     };
     undo.record = true;
     state.save_record(&record)?;
+    if let Some(dev) = &target.device {
+        undo.claim = Some(dev.device_id.clone());
+        claim_device(state, env, netns_id, dev)?;
+    }
+    if target.attach() == Attach::Host && pod.nl.link_by_name(ifname).map_err(kernel)?.is_some() {
+        // (For attach: pod the kernel's EEXIST on create says the same.)
+        return Err(err(
+            code::INTERFACE_EXISTS,
+            format!("interface {ifname:?} already exists in {}", env.netns),
+        ));
+    }
 
     match host_link {
         None => create_link(cfg, &target, pod, &mut host_nl, mac, ifname)?,
@@ -779,9 +787,27 @@ fn load_record_or_drop(
     }
 }
 
+/// The IPAM plugin of a teardown (DEL, GC), unless it is this plugin: ADD
+/// refused that configuration, so nothing was leased, and running it would
+/// wait for the lock this invocation holds.
+fn teardown_ipam<'a>(cfg: &'a Config, env: &'a Env, stdin: &'a [u8]) -> Option<Ipam<'a>> {
+    let ipam = Ipam::new(&cfg.ipam.as_ref()?.plugin, &env.path, stdin);
+    match refuse_self_as_ipam(&ipam) {
+        Err(e) if e.code == code::INVALID_CONFIG => {
+            eprintln!(
+                "macvtap: not running the IPAM plugin: {}",
+                crate::error::escape_controls(&e.msg)
+            );
+            None
+        }
+        _ => Some(ipam),
+    }
+}
+
 fn del(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     let container_id = env.require_container_id()?;
     let ifname = env.require_ifname()?;
+    let ipam = teardown_ipam(cfg, env, stdin);
     let state = StateDir::open(&cfg.policy.state_dir)?;
     let container = state.lock_container(container_id, cfg.policy.lock_timeout)?;
     let mut errors: Vec<CniError> = Vec::new();
@@ -805,8 +831,7 @@ fn del(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
         };
         errors.extend(teardown(&state, record, pod.as_ref()));
     }
-    if let Some(i) = &cfg.ipam {
-        let ipam = Ipam::new(&i.plugin, &env.path, stdin);
+    if let Some(ipam) = &ipam {
         if let Err(e) = ipam.exec("DEL", &[]) {
             errors.push(e);
         }
@@ -1016,7 +1041,9 @@ fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     }
     check_node(&pod, ifname, &link, &state, record.node(), cfg)?;
     if let Some(i) = &cfg.ipam {
-        Ipam::new(&i.plugin, &env.path, stdin).exec("CHECK", &[])?;
+        let ipam = Ipam::new(&i.plugin, &env.path, stdin);
+        refuse_self_as_ipam(&ipam)?;
+        ipam.exec("CHECK", &[])?;
     }
     Ok(())
 }
@@ -1096,6 +1123,7 @@ fn gc(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
             "GC needs cni.dev/valid-attachments (an empty list removes all)",
         )
     })?;
+    let ipam = teardown_ipam(cfg, env, stdin);
     let state = StateDir::open(&cfg.policy.state_dir)?;
     let mut errors = Vec::new();
     for record in state.records()? {
@@ -1118,8 +1146,7 @@ fn gc(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
             };
             failed.extend(teardown(&state, &record, None));
         }
-        if let Some(i) = &cfg.ipam {
-            let ipam = Ipam::new(&i.plugin, &env.path, stdin);
+        if let Some(ipam) = &ipam {
             let overrides = [
                 ("CNI_CONTAINERID", record.container_id.as_str()),
                 ("CNI_IFNAME", record.ifname.as_str()),

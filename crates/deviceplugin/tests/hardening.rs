@@ -424,11 +424,11 @@ async fn an_allocate_cancelled_midway_undoes_its_links_nodes_and_records() {
     );
     assert!(lab.lower().is_up(), "the lower device was touched");
     // The kubelet may hand the same devices out again.
-    c_again(&world, &mut dp).await;
+    allocate_the_same_devices_again(&world, &mut dp).await;
     dp.assert_running("after the cancelled call");
 }
 
-async fn c_again(world: &World, dp: &mut Daemon) {
+async fn allocate_the_same_devices_again(world: &World, dp: &mut Daemon) {
     let mut c = world.client("hostnet").await;
     c.allocate(allocate_request(&[&[
         "hostnet-0",

@@ -581,8 +581,15 @@ impl TrustedPath {
                 Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                     return Err(untrusted(&seen, "leaves the path it names".into()))
                 }
+                // O_NOFOLLOW|O_DIRECTORY on a symlink is ENOTDIR too: say which.
                 Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                    return Err(untrusted(&seen, "not a directory".into()))
+                    let why = match dir::stat(fd.as_fd(), part) {
+                        Ok(Some(s)) if s.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                            "is a symlink or a magic link"
+                        }
+                        _ => "not a directory",
+                    };
+                    return Err(untrusted(&seen, why.into()));
                 }
                 Err(e) => return Err(io_err("open", &seen)(e)),
             };
@@ -1156,6 +1163,13 @@ impl StateDir {
                     return Ok(());
                 };
                 let name = format!("{device_id}.json");
+                // What an interrupted writer of this claim left (claims are
+                // written under the node lock, which the caller holds).
+                for entry in dir::list(dir.as_fd()).unwrap_or_default() {
+                    if dir::is_temp_of(&entry, &name) {
+                        let _ = dir::unlink(dir.as_fd(), &entry);
+                    }
+                }
                 dir::unlink(dir.as_fd(), &name)
                     .map_err(io_err("remove", self.root.join(CLAIMS).join(name)))
             }

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use macvtap_cni::error::code;
+use macvtap_cni::error::{code, escape_controls};
 use macvtap_cni::spec::Env;
 use macvtap_cni::{run, CniError};
 
@@ -45,7 +45,12 @@ fn main() -> ExitCode {
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("macvtap: {} {}: {e}", env.command, env.container_id);
+            // Any input may carry control characters: none reaches the log raw.
+            eprintln!(
+                "macvtap: {} {}: {e}",
+                escape_controls(&env.command),
+                escape_controls(&env.container_id)
+            );
             let _ = writeln!(out, "{}", e.to_json(&outcome.version));
             ExitCode::FAILURE
         }
