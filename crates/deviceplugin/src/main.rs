@@ -50,6 +50,12 @@ struct Args {
     /// gone this many seconds (its socket is removed, it leaves resources.json).
     #[arg(long, env = "DP_MACVTAP_RETIRE_AFTER", value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     retire_after: std::time::Duration,
+    /// Only install the CNI plugin's node policy and exit: validate the JSON
+    /// in MACVTAP_NODE_POLICY (default {}: the built-in policy) and write it
+    /// to PATH (the host's /etc/macvtap/node.json, as the DaemonSet's init
+    /// container mounts it). Its stateDir must equal --state-dir.
+    #[arg(long, value_name = "PATH")]
+    install_node_policy: Option<PathBuf>,
     /// Log format (logs go to stderr; RUST_LOG=error|warn|info|debug|trace sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -64,6 +70,51 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
         let port: u16 = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
         Ok(SocketAddr::new(ip, port))
     })
+}
+
+/// Validate MACVTAP_NODE_POLICY and write it, atomically and mode 0644
+/// (root's, as the CNI plugin requires), to `path`.
+fn install_node_policy(path: &std::path::Path, state_dir: &str) -> Result<String, String> {
+    use std::io::Write;
+    let text = std::env::var("MACVTAP_NODE_POLICY").unwrap_or_else(|_| "{}".into());
+    let policy =
+        macvtap_state::NodePolicy::from_json(text.as_bytes(), path).map_err(|e| e.to_string())?;
+    if std::path::Path::new(&policy.state_dir) != std::path::Path::new(state_dir) {
+        return Err(format!(
+            "stateDir {:?} differs from the device plugin's --state-dir {state_dir:?}: both plugins must share one state directory",
+            policy.state_dir
+        ));
+    }
+    let dir = path.parent().ok_or("the policy path has no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".node.json.{}.tmp", std::process::id()));
+    let written = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("{}: {e}", path.display()));
+    }
+    Ok(format!(
+        "wrote {}: stateDir {}, lock timeout {}s, standalone lower devices {}, source mode {}, at most {} sourceMacs",
+        path.display(),
+        policy.state_dir,
+        policy.lock_timeout.as_secs(),
+        policy
+            .standalone_lower_devices
+            .as_ref()
+            .map_or("any".to_string(), |d| if d.is_empty() { "none (off)".into() } else { d.join(",") }),
+        if policy.allow_source_mode { "allowed" } else { "off" },
+        policy.max_source_macs
+    ))
 }
 
 /// A non-negative number of seconds, fractions allowed.
@@ -94,6 +145,18 @@ fn main() -> ExitCode {
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some(path) = &args.install_node_policy {
+        return match install_node_policy(path, &args.state_dir) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("macvtap-deviceplugin: node policy: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let config = match Config::parse(
         std::env::var("DP_MACVTAP_CONF").ok().as_deref(),

@@ -525,7 +525,7 @@ pub(crate) struct TrustedPath {
     pub(crate) fd: OwnedFd,
 }
 
-fn check_path(path: &Path) -> Result<Vec<String>> {
+pub(crate) fn check_path(path: &Path) -> Result<Vec<String>> {
     let bad = || Error::BadStateDir(path.display().to_string());
     if !path.is_absolute() {
         return Err(bad());

@@ -114,13 +114,25 @@ impl NodePolicy {
         let Some(bytes) = bytes else {
             return Ok(NodePolicy::default());
         };
-        let raw: RawPolicy = serde_json::from_slice(&bytes)
+        Self::from_json(&bytes, file)
+    }
+
+    /// Defaults overlaid with the policy document `bytes`; `file` names
+    /// where it came from, in errors and in [`NodePolicy::origin`].
+    pub fn from_json(bytes: &[u8], file: &Path) -> Result<Self> {
+        let raw: RawPolicy = serde_json::from_slice(bytes)
             .map_err(|e| Error::BadPolicy(file.into(), e.to_string()))?;
         let mut policy = NodePolicy {
             origin: file.display().to_string(),
             ..NodePolicy::default()
         };
         if let Some(d) = raw.state_dir {
+            crate::check_path(Path::new(&d)).map_err(|_| {
+                Error::BadPolicy(
+                    file.into(),
+                    format!("stateDir {d:?} must be an absolute path without '..'"),
+                )
+            })?;
             policy.state_dir = d;
         }
         if let Some(s) = raw.lock_timeout_seconds {
