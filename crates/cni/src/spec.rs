@@ -179,23 +179,9 @@ impl Env {
     }
 }
 
-/// Why `name` is not a valid interface name, if it is not.
-pub fn invalid_ifname(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("is empty")
-    } else if name.len() > 15 {
-        Some("is longer than 15 bytes")
-    } else if name == "." || name == ".." {
-        Some("is not a valid interface name")
-    } else if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-    {
-        Some("contains '/', ':', whitespace or NUL")
-    } else {
-        None
-    }
-}
+/// Why `name` is not a valid interface name, if it is not (one rule for
+/// the plugin and the records it keeps).
+pub use macvtap_state::invalid_ifname;
 
 /// `K=V;K=V`. Empty segments are skipped; a segment without `=` is refused.
 pub fn parse_args(args: &str) -> Result<Vec<(&str, &str)>> {

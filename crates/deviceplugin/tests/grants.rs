@@ -25,9 +25,14 @@ fn grant(world: &World, id: &str) -> Value {
 
 /// CNI ADD of `id` as `net1` with `args`.
 fn add_as(world: &World, id: &str, args: &str) -> macvtap_testkit::PluginOutput {
+    call_as(world, "ADD", id, args)
+}
+
+/// CNI `command` of `id` as `net1` with `args`.
+fn call_as(world: &World, command: &str, id: &str, args: &str) -> macvtap_testkit::PluginOutput {
     world
         .lab
-        .plugin("ADD", &world.cni_config(id))
+        .plugin(command, &world.cni_config(id))
         .args(args)
         .run()
 }
@@ -73,12 +78,7 @@ async fn an_allocation_is_bound_to_the_pod_the_kubelet_lists_and_only_that_pod_m
     // The pod itself attaches it.
     add_as(&world, &id, POD_ARGS).result();
     assert_eq!(world.lab.pod.macvtaps().len(), 1);
-    world
-        .lab
-        .plugin("DEL", &world.cni_config(&id))
-        .args(POD_ARGS)
-        .run()
-        .success();
+    call_as(&world, "DEL", &id, POD_ARGS).success();
     assert!(world.lab.pod.macvtaps().is_empty());
 }
 
@@ -119,11 +119,6 @@ async fn a_node_that_lost_its_grants_re_derives_them_bound_from_the_kubelet_at_s
     );
     add_as(&world, &id, OTHER_POD_ARGS).error(102);
     add_as(&world, &id, POD_ARGS).result();
-    world
-        .lab
-        .plugin("DEL", &world.cni_config(&id))
-        .args(POD_ARGS)
-        .run()
-        .success();
+    call_as(&world, "DEL", &id, POD_ARGS).success();
     drop(dp);
 }
