@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod ipam;
+mod kernel;
 mod plugin;
 pub mod spec;
 

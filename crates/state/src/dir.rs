@@ -29,6 +29,14 @@ fn resolve() -> ResolveFlag {
         | ResolveFlag::RESOLVE_NO_MAGICLINKS
 }
 
+/// Is `uid` one whose files this process may trust: root's, or its own.
+/// For the plugins, which run as root, that is root alone; an unprivileged
+/// caller (the root-free unit tests, a user's own tools) may use a state it
+/// owns itself, which nobody else can change either.
+pub(crate) fn trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
 /// Why a directory on the way to the state is not trusted, or `None`.
 /// `last` is the state directory itself: only ancestors may be sticky
 /// world-writable directories (like /tmp), where nobody but an entry's
@@ -37,7 +45,7 @@ pub(crate) fn untrusted(stat: &nix::sys::stat::FileStat, last: bool) -> Option<S
     if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFDIR {
         return Some("not a directory".into());
     }
-    if stat.st_uid != 0 {
+    if !trusted_owner(stat.st_uid) {
         return Some(format!("owned by uid {}", stat.st_uid));
     }
     let mode = stat.st_mode & 0o7777;
@@ -112,7 +120,7 @@ pub(crate) fn read_file(dir: BorrowedFd<'_>, name: &str) -> io::Result<Option<Ve
     };
     let stat = fstat(fd.as_fd())?;
     let kind = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
-    if kind != SFlag::S_IFREG || stat.st_uid != 0 || stat.st_mode & 0o022 != 0 {
+    if kind != SFlag::S_IFREG || !trusted_owner(stat.st_uid) || stat.st_mode & 0o022 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "not a regular file that only root can change",
