@@ -81,20 +81,7 @@ impl SysfsView {
 
     /// Whether a path exists below the sysfs root (a symlink counts).
     pub fn exists(&self, rel: &str) -> bool {
-        use std::os::fd::AsRawFd;
-        let Ok(rel) = CString::new(rel) else {
-            return false;
-        };
-        // SAFETY: fstatat on an fd we own, a valid C string and a local buffer.
-        unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            libc::fstatat(
-                self.0.as_raw_fd(),
-                rel.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            ) == 0
-        }
+        nix::sys::stat::fstatat(&self.0, rel, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
     }
 
     /// The tap device number of macvtap `ifname` (ifindex `ifindex`).
@@ -145,31 +132,34 @@ fn detached_sysfs() -> io::Result<OwnedFd> {
     const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
     const FSMOUNT_CLOEXEC: libc::c_uint = 1;
     const MOUNT_ATTR_RDONLY: libc::c_uint = 1;
-    // SAFETY: plain syscalls on a C string literal and fds we own.
-    unsafe {
-        let fs = cvt(libc::syscall(
-            libc::SYS_fsopen,
-            c"sysfs".as_ptr(),
-            FSOPEN_CLOEXEC,
-        ))?;
-        let fs = OwnedFd::from_raw_fd(fs as i32);
-        use std::os::fd::AsRawFd;
-        cvt(libc::syscall(
+    // SAFETY: fsopen with a C string literal; it makes a new fd or fails.
+    let fs = cvt(unsafe { libc::syscall(libc::SYS_fsopen, c"sysfs".as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: fsopen just returned this fd and nothing else owns it.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: fsconfig on the fd we own, with null key and value as
+    // FSCONFIG_CMD_CREATE takes them.
+    cvt(unsafe {
+        libc::syscall(
             libc::SYS_fsconfig,
             fs.as_raw_fd(),
             FSCONFIG_CMD_CREATE,
             std::ptr::null::<libc::c_char>(),
             std::ptr::null::<libc::c_void>(),
             0,
-        ))?;
-        let mnt = cvt(libc::syscall(
+        )
+    })?;
+    // SAFETY: fsmount on the fd we own; it makes a new fd or fails.
+    let mnt = cvt(unsafe {
+        libc::syscall(
             libc::SYS_fsmount,
             fs.as_raw_fd(),
             FSMOUNT_CLOEXEC,
             MOUNT_ATTR_RDONLY,
-        ))?;
-        Ok(OwnedFd::from_raw_fd(mnt as i32))
-    }
+        )
+    })?;
+    // SAFETY: fsmount just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(mnt as i32) })
 }
 
 fn read_at(root: &OwnedFd, rel: &str) -> io::Result<String> {
