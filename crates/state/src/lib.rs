@@ -474,16 +474,15 @@ impl AllocationRecord {
     }
 }
 
-/// `n` random bytes as hex, from the kernel's generator.
+/// `n` random bytes as hex, from the kernel's generator (`/dev/urandom`,
+/// never blocking once the system has booted).
 pub fn random_hex(n: usize) -> String {
+    use std::io::Read;
     let mut buf = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: getrandom writes at most `n - filled` bytes into the buffer's tail.
-        let got = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
-        if got > 0 {
-            filled += got as usize;
-        }
+    // A kernel without /dev/urandom is not one this runs on; zeros would
+    // still be valid (only less unique) grant values and MACs.
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        let _ = urandom.read_exact(&mut buf);
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }

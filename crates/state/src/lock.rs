@@ -6,19 +6,19 @@
 //! blocks its own container and nobody else.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat2, Flock, FlockArg, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, Mode};
 
 use crate::dir;
 
-/// A held lock; released when dropped (the fd closes).
+/// A held lock; released when dropped.
 #[derive(Debug)]
 pub struct Held {
-    _fd: OwnedFd,
+    _lock: Flock<OwnedFd>,
 }
 
 /// Why a lock was not taken.
@@ -53,15 +53,12 @@ fn open_lock_file(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
     Ok(openat2(dir, dir::component(name)?, how)?)
 }
 
-fn try_flock(fd: &OwnedFd) -> Result<bool, LockError> {
-    // SAFETY: flock on an fd this function's caller owns; no memory is involved.
-    let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    match Errno::last() {
-        Errno::EWOULDBLOCK | Errno::EINTR => Ok(false),
-        e => Err(e.into()),
+/// Lock `fd` if nobody holds it: `Ok(Err(fd))` gives it back when someone does.
+fn try_flock(fd: OwnedFd) -> Result<std::result::Result<Flock<OwnedFd>, OwnedFd>, LockError> {
+    match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Ok(lock)),
+        Err((fd, Errno::EWOULDBLOCK | Errno::EINTR)) => Ok(Err(fd)),
+        Err((_, e)) => Err(e.into()),
     }
 }
 
@@ -75,21 +72,22 @@ pub(crate) fn lock(dir: BorrowedFd<'_>, name: &str, timeout: Duration) -> Result
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     loop {
-        let fd = open_lock_file(dir, name)?;
-        loop {
-            if try_flock(&fd)? {
-                break;
+        let mut fd = open_lock_file(dir, name)?;
+        let lock = loop {
+            match try_flock(fd)? {
+                Ok(lock) => break lock,
+                Err(back) => fd = back,
             }
             if Instant::now() >= deadline {
                 return Err(LockError::TimedOut);
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
-        }
-        let held = fstat(fd.as_fd())?;
+        };
+        let held = fstat(lock.as_fd())?;
         match dir::stat(dir, name)? {
             Some(now) if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) => {
-                return Ok(Held { _fd: fd });
+                return Ok(Held { _lock: lock });
             }
             _ => {} // unlinked (or replaced) while we waited: take the new one
         }
@@ -102,13 +100,13 @@ pub(crate) fn lock(dir: BorrowedFd<'_>, name: &str, timeout: Duration) -> Result
 /// Try `name` below `dir` once, without waiting. `None`: someone holds it.
 pub(crate) fn try_lock(dir: BorrowedFd<'_>, name: &str) -> Result<Option<Held>, LockError> {
     let fd = open_lock_file(dir, name)?;
-    if !try_flock(&fd)? {
+    let Ok(lock) = try_flock(fd)? else {
         return Ok(None);
-    }
-    let held = fstat(fd.as_fd())?;
+    };
+    let held = fstat(lock.as_fd())?;
     Ok(match dir::stat(dir, name)? {
         Some(now) if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) => {
-            Some(Held { _fd: fd })
+            Some(Held { _lock: lock })
         }
         _ => None,
     })
