@@ -240,7 +240,7 @@ fn main() {
             resources: vec![macvtap_state::Resource {
                 name: "bench".into(),
                 lower_device: "up0".into(),
-                mode: "bridge".into(),
+                mode: MacvtapMode::Bridge,
                 capacity: 1,
                 attach: macvtap_state::Attach::Host,
                 ifindex_base: BASE,

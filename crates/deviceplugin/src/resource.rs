@@ -114,7 +114,7 @@ impl Resource {
         StateResource {
             name: self.config.name.clone(),
             lower_device: self.config.lower_device.clone(),
-            mode: self.config.mode.to_string(),
+            mode: self.config.mode,
             capacity: self.config.capacity,
             attach: self.config.attach,
             ifindex_base: self.ifindex_base,
@@ -241,7 +241,7 @@ mod tests {
                 StateResource {
                     name: "a".into(),
                     lower_device: "eth0".into(),
-                    mode: "bridge".into(),
+                    mode: MacvtapMode::Bridge,
                     capacity: 100,
                     attach: Attach::Pod,
                     ifindex_base: 4096,
@@ -249,7 +249,7 @@ mod tests {
                 StateResource {
                     name: "b".into(),
                     lower_device: "eth0".into(),
-                    mode: "bridge".into(),
+                    mode: MacvtapMode::Bridge,
                     capacity: 1000,
                     attach: Attach::Pod,
                     ifindex_base: 4352,

@@ -24,11 +24,12 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use crate::error::{Error, Result};
 use crate::mac::MacAddr;
 
-/// The five macvtap (macvlan) modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The five macvtap (macvlan) modes; bridge is the default everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum MacvtapMode {
     Private,
     Vepa,
+    #[default]
     Bridge,
     Passthru,
     Source,

@@ -33,6 +33,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use macvtap_net::MacvtapMode;
 use serde::{Deserialize, Serialize};
 
 pub use node::{
@@ -116,8 +117,8 @@ pub struct Resource {
     pub name: String,
     #[serde(alias = "master")]
     pub lower_device: String,
-    #[serde(default = "default_mode")]
-    pub mode: String,
+    #[serde(default, with = "mode_names")]
+    pub mode: MacvtapMode,
     #[serde(default = "default_capacity")]
     pub capacity: u32,
     #[serde(default)]
@@ -126,8 +127,19 @@ pub struct Resource {
     pub ifindex_base: u32,
 }
 
-fn default_mode() -> String {
-    "bridge".into()
+/// A mode in resources.json is its name (`bridge`, `vepa`, ...).
+mod mode_names {
+    use macvtap_net::MacvtapMode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &MacvtapMode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(mode.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MacvtapMode, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 fn default_capacity() -> u32 {
     100
@@ -1196,7 +1208,7 @@ mod tests {
         cfg.validate().unwrap();
         let dev = cfg.resolve(state, "dataplane-3").unwrap();
         assert_eq!(dev.ifindex, 4099);
-        assert_eq!(dev.resource.mode, "bridge");
+        assert_eq!(dev.resource.mode, MacvtapMode::Bridge);
         assert_eq!(dev.node_path, Path::new("/var/lib/macvtap/dev/dataplane-3"));
         let host = cfg.resolve(state, "lan-b-99").unwrap();
         assert_eq!(host.resource.lower_device, "eth1");

@@ -40,15 +40,9 @@ impl Target {
             }),
             Source::Device(id) => {
                 let dev = super::resolve_device(state, id)?;
-                let mode = dev.resource.mode.parse().map_err(|e: String| {
-                    err(
-                        code::DEVICE_NOT_OFFERED,
-                        format!("resource {:?}: {e}", dev.resource.name),
-                    )
-                })?;
                 Ok(Target {
                     lower: dev.resource.lower_device.clone(),
-                    mode,
+                    mode: dev.resource.mode,
                     source_macs: Vec::new(),
                     ifindex: Some(dev.ifindex),
                     device: Some(dev),

@@ -41,15 +41,7 @@ pub(super) fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     let state = StateDir::open(&cfg.policy.state_dir)?;
     let mode = match &cfg.source {
         Source::Lower { mode, .. } => *mode,
-        Source::Device(id) => {
-            let dev = super::resolve_device(&state, id)?;
-            dev.resource.mode.parse().map_err(|e: String| {
-                err(
-                    code::DEVICE_NOT_OFFERED,
-                    format!("resource {:?}: {e}", dev.resource.name),
-                )
-            })?
-        }
+        Source::Device(id) => super::resolve_device(&state, id)?.resource.mode,
     };
     if link.macvtap_mode != Some(mode) {
         return Err(differs(format!(

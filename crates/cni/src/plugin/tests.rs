@@ -325,7 +325,7 @@ impl TestState {
                 resources: vec![Resource {
                     name: "dataplane".into(),
                     lower_device: "up0".into(),
-                    mode: "bridge".into(),
+                    mode: MacvtapMode::Bridge,
                     capacity: 4,
                     attach,
                     ifindex_base: BASE,
