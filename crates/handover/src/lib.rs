@@ -21,6 +21,7 @@ mod error;
 mod handover;
 mod identity;
 mod mac_serde;
+pub mod nocloud;
 mod rtnl;
 mod store;
 
