@@ -367,7 +367,7 @@ fn change(netns: &NetNs, nl: &mut Rtnl, record: &mut Record, opts: &ApplyOptions
         mac: Some(record.made.mac),
         mtu: None,
         promisc: false,
-        up: true,
+        up: false,
         ifindex: None,
         netns_fd: None,
     };
@@ -376,7 +376,17 @@ fn change(netns: &NetNs, nl: &mut Rtnl, record: &mut Record, opts: &ApplyOptions
         "create macvtap {}",
         record.made.macvtap
     )))?;
-    record.made.macvtap_index = nl.link_by_name(&record.made.macvtap)?.map(|l| l.index);
+    // Until a guest opens its tap the container's own stack owns the
+    // macvtap: it must not claim a link-local address with the guest's MAC.
+    let made = nl
+        .link_by_name(&record.made.macvtap)?
+        .ok_or_else(|| Error::NoSuchInterface {
+            ifname: record.made.macvtap.clone(),
+            netns: netns.path().to_path_buf(),
+        })?;
+    record.made.macvtap_index = Some(made.index);
+    nl.no_ipv6_addresses(made.index)?;
+    nl.set_link(made.index, None, Some(true))?;
     stop(ApplyStep::MacvtapCreated)?;
     // Routes through a gateway first: they depend on the others.
     let mut routes = record.identity.routes.clone();

@@ -351,16 +351,24 @@ impl Rtnl {
                 io::Error::new(io::ErrorKind::NotFound, "gone right after creation"),
             )
         })?;
+        self.no_ipv6_addresses(link.index)?;
+        self.set_link(link.index, None, Some(true))?;
+        Ok(link.index)
+    }
+
+    /// Turn off IPv6 address generation on a link (before it goes up): it
+    /// then gets no link-local address and sends no DAD, router
+    /// solicitation or MLD of its own.
+    pub fn no_ipv6_addresses(&mut self, index: u32) -> Result<()> {
         let mut msg = LinkMessage::default();
-        msg.header.index = link.index;
+        msg.header.index = index;
         msg.attributes
             .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
                 vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
             )]));
-        let op2 = || format!("turn off IPv6 address generation on {name}");
-        self.request(&op2, RouteNetlinkMessage::SetLink(msg), 0)?;
-        self.set_link(link.index, None, Some(true))?;
-        Ok(link.index)
+        let op = || format!("turn off IPv6 address generation on link #{index}");
+        self.request(&op, RouteNetlinkMessage::SetLink(msg), 0)?;
+        Ok(())
     }
 
     /// Delete a link by index; already gone is success.

@@ -44,6 +44,10 @@ impl World {
         lan.ip_cmd("link set lan0 up");
         // Quiet peer: no IPv6 autoconfiguration noise on the LAN side.
         lan.exec(&["sysctl", "-qw", "net.ipv6.conf.lan0.disable_ipv6=1"]);
+        // No DAD on eth0: its link-local address would turn from tentative
+        // to valid in the middle of a test and make snapshots differ.
+        let dad = ctr.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"]);
+        assert!(dad.status.success(), "{dad:?}");
         ctr.ip_cmd("link set eth0 mtu 1400 up");
         ctr.ip_cmd(&format!("addr add 10.{net}.0.2/24 dev eth0"));
         ctr.ip_cmd(&format!("addr add 10.{net}.0.3/24 dev eth0"));
