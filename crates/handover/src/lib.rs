@@ -17,6 +17,7 @@
 //! `macvtap-net` spawns for the purpose.
 
 pub mod cmdline;
+pub mod dhcp;
 mod error;
 mod handover;
 mod identity;
