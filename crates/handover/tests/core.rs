@@ -400,3 +400,68 @@ fn resolv_conf_in_a_container_root_cannot_escape_it() {
     )
     .is_err());
 }
+
+/// Run by `undo_after_sigkill_at_every_step` in a child process: apply up
+/// to the step it is told, then SIGKILL itself (locks held, no rollback,
+/// no destructors).
+#[test]
+#[ignore = "a helper the SIGKILL test runs in a child process"]
+fn sigkill_child() {
+    let netns = std::env::var("HANDOVER_CHILD_NETNS").expect("run by the SIGKILL test");
+    let state = std::env::var("HANDOVER_CHILD_STATE").unwrap();
+    let resolv = std::env::var("HANDOVER_CHILD_RESOLV").unwrap();
+    let step: usize = std::env::var("HANDOVER_CHILD_STEP")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ns = macvtap_net::NetNs::open(&netns).unwrap();
+    let store = Store::open(&state).unwrap();
+    let mut opts = macvtap_handover::ApplyOptions::new("eth0");
+    opts.resolv_conf = ResolvConf::Path(resolv.into());
+    opts.stop_after = ApplyStep::ALL.get(step).copied();
+    let result = apply(&store, &ns, &opts);
+    assert!(step >= ApplyStep::ALL.len() || result.is_err());
+    // SAFETY: kill(2) on our own pid.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+}
+
+#[test]
+fn undo_after_sigkill_at_every_step() {
+    let w = World::new("sigkill", 210);
+    let ns = w.netns();
+    let before = w.snapshot();
+    // One more "step": killed after a complete apply (a supervisor killed
+    // while the VM runs).
+    for step in 0..=ApplyStep::ALL.len() {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "sigkill_child", "--nocapture"])
+            .env("HANDOVER_CHILD_NETNS", w.ctr.path())
+            .env("HANDOVER_CHILD_STATE", w.state_dir())
+            .env("HANDOVER_CHILD_RESOLV", w.resolv_conf())
+            .env("HANDOVER_CHILD_STEP", step.to_string())
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.status.signal(),
+            Some(libc::SIGKILL),
+            "step {step}: the child was not killed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        // Killed right after the record: nothing changed yet; later: something did.
+        assert_eq!(w.snapshot() == before, step == 0, "step {step}");
+        // A new process (the store opened afresh) undoes from the record.
+        let store = w.store();
+        let key = record_key(&ns, "eth0").unwrap();
+        assert!(
+            store.load(&key).unwrap().is_some(),
+            "step {step}: no record after the kill"
+        );
+        assert_eq!(
+            undo(&store, &ns, "eth0").unwrap(),
+            UndoOutcome::Restored,
+            "step {step}"
+        );
+        assert_eq!(w.snapshot(), before, "after SIGKILL at step {step}");
+    }
+}
