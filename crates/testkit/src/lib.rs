@@ -15,6 +15,7 @@ mod mount;
 mod names;
 mod netns;
 mod plugin;
+mod procs;
 mod resources;
 mod tempdir;
 
@@ -26,6 +27,7 @@ pub use mount::TmpfsMount;
 pub use names::{require_root, unique_name};
 pub use netns::Netns;
 pub use plugin::{Plugin, PluginOutput, NODE_CONFIG_ENV, NO_NODE_POLICY, STATE_DIR_ENV};
+pub use procs::{alive, build_next_to, doctor_finding, eventually, ChildGuard, Run};
 pub use resources::{
     grant, grant_to_pod, write_resources, write_resources_json, write_resources_ungranted, Resource,
 };

@@ -13,13 +13,13 @@ use macvtap_net::{MacAddr, NodeInfo};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::daemon::{Daemon, DaemonPaths};
-use super::kubelet::{Allocation, Event, KubeletStandIn};
-use super::{check_signal, ms, CniCall, LabError, Made, Say, Timings, POD_IF, UPLINK};
-use crate::iface::InterfaceInfo;
-use crate::links;
-use crate::scope::Scope;
-use crate::tap;
+use crate::daemon::{Daemon, DaemonPaths};
+use crate::kubelet::{Allocation, Event, KubeletStandIn};
+use crate::{check_signal, ms, CniCall, LabError, Made, Say, Timings, POD_IF, UPLINK};
+use macvtapctl::iface::InterfaceInfo;
+use macvtapctl::links;
+use macvtapctl::scope::Scope;
+use macvtapctl::tap;
 
 /// The resource the lab offers: the seeds' `dataplane` on the uplink.
 pub const RESOURCE: &str = "dataplane";

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::scope::{Scope, ScopeError};
+use macvtapctl::scope::{Scope, ScopeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use macvtap_net::NetNs;
 
-use super::kubelet::KUBELET_SOCKET;
+use crate::kubelet::KUBELET_SOCKET;
 
 /// The daemon's binary name, looked for next to macvtapctl.
 pub const BINARY: &str = "macvtap-deviceplugin";

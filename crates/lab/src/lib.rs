@@ -1,4 +1,4 @@
-//! `lab`: the whole story end to end, in namespaces the lab makes and
+//! `macvtap-lab`: the whole story end to end, in namespaces the lab makes and
 //! removes. A LAN namespace, a node namespace with the uplink veth, an
 //! empty pod; the device plugin (when found) runs in the node against a
 //! kubelet stand-in that Allocates a device; the CNI plugin attaches the
@@ -6,6 +6,7 @@
 //! a real guest boots on the pod's macvtap (or a stand-in answers), and
 //! the LAN proves ping, TCP and HTTP.
 
+pub mod cli;
 pub mod cni;
 mod cpio;
 mod daemon;
@@ -37,13 +38,15 @@ use self::probe::{Pinger, ProbeError};
 use self::standin::StandIn;
 use self::vm::Vm;
 use self::world::{LabDir, Namespaces};
-use crate::cli::{DevicePluginChoice, DoctorArgs, LabArgs, VhostChoice, VmChoice};
-use crate::doctor::{self, Status};
-use crate::iface::InterfaceInfo;
-use crate::links::{self, LinkError};
-use crate::qemu::{self, NicOptions, QemuError};
-use crate::scope::{Scope, ScopeError};
-use crate::tap::{self, TapError};
+use macvtapctl::cli::{DoctorArgs, VhostChoice};
+use macvtapctl::doctor::{self, Status};
+use macvtapctl::iface::InterfaceInfo;
+use macvtapctl::links::{self, LinkError};
+use macvtapctl::qemu::{self, NicOptions, QemuError};
+use macvtapctl::scope::{Scope, ScopeError};
+use macvtapctl::tap::{self, TapError};
+
+use crate::cli::{DevicePluginChoice, LabArgs, VmChoice};
 
 const LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 10);
@@ -60,8 +63,6 @@ const REPLY_GRACE_STAND_IN: Duration = Duration::from_secs(3);
 pub enum LabError {
     #[error("the lab must run as root: it creates network namespaces, links and device nodes")]
     NotRoot,
-    #[error("--netns does not apply to lab: it makes its own namespaces")]
-    NetnsGiven,
     #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
     Signals(#[source] nix::Error),
     #[error("--vm always, but no VM can be booted: {0}")]
@@ -282,10 +283,7 @@ impl Made {
 /// Run the lab. The report comes back on success; on failure or a signal
 /// everything made is removed before the error returns (unless `--keep`
 /// and not interrupted).
-pub fn run(args: &LabArgs, netns_given: bool, json: bool) -> Result<LabReport, LabError> {
-    if netns_given {
-        return Err(LabError::NetnsGiven);
-    }
+pub fn run(args: &LabArgs, json: bool) -> Result<LabReport, LabError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(LabError::NotRoot);
@@ -322,7 +320,7 @@ pub fn run(args: &LabArgs, netns_given: bool, json: bool) -> Result<LabReport, L
     let Teardown { problems, daemon } = made.teardown();
     let cleanup = cleanup.elapsed();
     for p in &problems {
-        eprintln!("macvtapctl lab: cleanup: {p}");
+        eprintln!("macvtap-lab: cleanup: {p}");
     }
     // The device plugin must stop cleanly: exit 0, its sockets removed.
     let stopped = match daemon {
@@ -330,7 +328,7 @@ pub fn run(args: &LabArgs, netns_given: bool, json: bool) -> Result<LabReport, L
             if outcome.is_ok() {
                 outcome = Err(LabError::DevicePlugin(e));
             } else {
-                eprintln!("macvtapctl lab: cleanup: {e}");
+                eprintln!("macvtap-lab: cleanup: {e}");
             }
             None
         }
@@ -370,8 +368,7 @@ fn write_cleanup_script(made: &Made) -> std::io::Result<PathBuf> {
         .as_ref()
         .map(|d| d.path().to_path_buf())
         .ok_or_else(|| std::io::Error::other("no lab directory"))?;
-    let mut script =
-        String::from("#!/bin/sh\n# Removes what `macvtapctl lab --keep` left behind.\n");
+    let mut script = String::from("#!/bin/sh\n# Removes what `macvtap-lab --keep` left behind.\n");
     if let Some(vm) = &made.vm {
         script.push_str(&format!("kill {} 2>/dev/null\n", vm.pid));
     }
@@ -414,9 +411,9 @@ fn choose_device_plugin(args: &LabArgs) -> Result<Result<PathBuf, String>, LabEr
             let dir = std::env::current_exe()
                 .ok()
                 .and_then(|e| e.parent().map(|d| d.display().to_string()))
-                .unwrap_or_else(|| "macvtapctl's directory".into());
+                .unwrap_or_else(|| "macvtap-lab's directory".into());
             format!(
-                "{} is not in {dir}; ./scripts/build-release puts it next to macvtapctl, \
+                "{} is not in {dir}; ./scripts/build-release puts it next to macvtap-lab, \
                  or pass --device-plugin-bin PATH",
                 daemon::BINARY
             )
