@@ -16,7 +16,6 @@ pub mod guest;
 mod kubelet;
 mod probe;
 mod signals;
-mod standin;
 mod vm;
 mod world;
 
@@ -35,9 +34,9 @@ use self::dp::DevicePluginReport;
 use self::guest::{Ensured, GuestError};
 use self::kubelet::{Event, KubeletStandIn};
 use self::probe::{Pinger, ProbeError};
-use self::standin::StandIn;
 use self::vm::Vm;
 use self::world::{LabDir, Namespaces};
+use macvtap_testkit::GuestStandIn;
 use macvtapctl::cli::{DoctorArgs, VhostChoice};
 use macvtapctl::doctor::{self, Status};
 use macvtapctl::iface::InterfaceInfo;
@@ -220,7 +219,7 @@ enum GuestChoice {
 #[derive(Default)]
 struct Made {
     vm: Option<Vm>,
-    standin: Option<StandIn>,
+    standin: Option<GuestStandIn>,
     attachment: Option<Attachment>,
     daemon: Option<Daemon>,
     kubelet: Option<KubeletStandIn>,
@@ -656,7 +655,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
             };
             let started = Instant::now();
             made.standin = Some(
-                StandIn::start(fd, guest_mac, GUEST_IP)
+                GuestStandIn::start(std::fs::File::from(fd), guest_mac, GUEST_IP, true)
                     .map_err(|e| setup_err("stand-in")(e.to_string()))?,
             );
             say.line(format!(

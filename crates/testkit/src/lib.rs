@@ -8,6 +8,7 @@
 //! never collide.
 
 mod build;
+pub mod guest;
 mod inspect;
 mod lab;
 mod monitor;
@@ -20,6 +21,7 @@ mod resources;
 mod tempdir;
 
 pub use build::cargo_build_bins;
+pub use guest::GuestStandIn;
 pub use inspect::{files_under, leases_in, DeviceNode, Link};
 pub use lab::{Lab, LOWER, POD_IFNAME};
 pub use monitor::LinkMonitor;
