@@ -8,6 +8,8 @@
 //! never collide.
 
 mod build;
+#[cfg(feature = "kubelet")]
+pub mod device_plugin;
 pub mod guest;
 mod inspect;
 mod lab;

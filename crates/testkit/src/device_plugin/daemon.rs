@@ -11,13 +11,25 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const DAEMON: &str = env!("CARGO_BIN_EXE_macvtap-deviceplugin");
+/// Where the workspace's binaries are built: the profile directory above
+/// the running test (or benchmark) binary, which lives in its `deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(2)
+        .expect("a test binary lives in <profile>/deps")
+        .to_path_buf()
+}
+
+/// The binary under test, as the workspace builds it.
+pub fn daemon_path() -> PathBuf {
+    bin_dir().join("macvtap-deviceplugin")
+}
 
 /// The binary to run: `MACVTAP_DP_BIN` (the footprint benchmark measures
-/// the static release build with it), else [`DAEMON`].
+/// the static release build with it), else [`daemon_path`].
 pub fn daemon_binary() -> String {
-    std::env::var("MACVTAP_DP_BIN").unwrap_or_else(|_| DAEMON.to_string())
+    std::env::var("MACVTAP_DP_BIN").unwrap_or_else(|_| daemon_path().display().to_string())
 }
 
 /// How the daemon is started. Every flag is explicit so no default path of
