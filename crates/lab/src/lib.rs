@@ -29,13 +29,13 @@ use serde::Serialize;
 use serde_json::json;
 
 use self::cni::{Attachment, CniError};
-use self::daemon::{Daemon, Stopped};
 use self::dp::DevicePluginReport;
 use self::guest::{Ensured, GuestError};
 use self::kubelet::{Event, KubeletStandIn};
 use self::probe::{Pinger, ProbeError};
 use self::vm::Vm;
 use self::world::{LabDir, Namespaces};
+use macvtap_testkit::device_plugin::{Daemon, Stopped};
 use macvtap_testkit::GuestStandIn;
 use macvtapctl::cli::{DoctorArgs, VhostChoice};
 use macvtapctl::doctor::{self, Status};
@@ -265,7 +265,14 @@ impl Made {
         }
         // As on a node: the pod is gone, then the plugin stops (SIGTERM:
         // it removes its sockets and exits 0), the kubelet last.
-        let daemon = self.daemon.take().map(|mut d| d.stop());
+        // The plugin directory is the kubelet stand-in's.
+        let plugin_dir = self.kubelet.as_ref().map(|k| k.dir().to_path_buf());
+        let daemon = self.daemon.take().map(|mut d| {
+            d.stop(
+                daemon::STOP_GRACE,
+                plugin_dir.as_deref().unwrap_or(Path::new("")),
+            )
+        });
         if let Some(mut k) = self.kubelet.take() {
             k.stop();
         }
@@ -378,7 +385,7 @@ fn write_cleanup_script(made: &Made) -> std::io::Result<PathBuf> {
             "kill {pid} 2>/dev/null && for _ in $(seq 50); do \
              [ \"$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null || echo Z)\" = Z ] && break; \
              sleep 0.1; done\n",
-            pid = d.pid
+            pid = d.pid()
         ));
     }
     for ns in made.namespaces.names().iter().rev() {

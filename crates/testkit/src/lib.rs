@@ -20,6 +20,7 @@ mod netns;
 mod plugin;
 mod procs;
 mod resources;
+mod spawn;
 mod tempdir;
 
 pub use build::cargo_build_bins;
@@ -35,6 +36,7 @@ pub use procs::{alive, build_next_to, doctor_finding, eventually, ChildGuard, Ru
 pub use resources::{
     grant, grant_to_pod, write_resources, write_resources_json, write_resources_ungranted, Resource,
 };
+pub use spawn::join_netns_at_exec;
 pub use tempdir::TempDir;
 
 /// Every CNI spec version the plugin promises to implement.

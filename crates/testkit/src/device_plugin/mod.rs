@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use crate::*;
-pub use daemon::{bin_dir, daemon_binary, daemon_path, status_text, Daemon, DaemonCmd};
+pub use daemon::{bin_dir, daemon_binary, daemon_path, status_text, Daemon, DaemonCmd, Stopped};
 pub use kubelet::{
     all, client, connect, describe, ids, sockets_in, DeviceWatch, Kubelet, Registered, Update,
     HEALTHY, KUBELET_SOCKET, UNHEALTHY,
@@ -175,6 +175,7 @@ impl World {
     /// The daemon's command line for this world, with `conf`.
     pub fn cmd(&self, conf: &str) -> DaemonCmd {
         DaemonCmd {
+            binary: daemon_binary().into(),
             netns: self.lab.node.path(),
             conf: Some(conf.to_string()),
             env: Default::default(),
@@ -183,6 +184,9 @@ impl World {
             pod_resources: self.podres.path(),
             metrics: None,
             extra_args: vec![],
+            log: None,
+            own_process_group: false,
+            dies_with_us: false,
         }
     }
 
