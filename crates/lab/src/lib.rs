@@ -121,10 +121,28 @@ pub struct Names {
     pub pod: String,
 }
 
+/// What answered on the pod's macvtap (in the report: "vm", "stand-in").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestKind {
+    Vm,
+    StandIn,
+}
+
+/// How the pod got its macvtap (in the report: "device-plugin",
+/// "standalone").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// The CNI attached the deviceID the device plugin allocated.
+    DevicePlugin,
+    /// The CNI alone, on the uplink.
+    Standalone,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestInfo {
-    /// "vm" or "stand-in".
-    pub kind: &'static str,
+    pub kind: GuestKind,
     /// Why a stand-in answered instead of a VM.
     pub why_not_vm: Option<String>,
     pub ip: String,
@@ -163,9 +181,7 @@ pub struct LabReport {
     pub tag: String,
     pub namespaces: Names,
     pub lab_dir: String,
-    /// "device-plugin" (the CNI attached the deviceID the device plugin
-    /// allocated) or "standalone" (the CNI alone, on the uplink).
-    pub attach_mode: &'static str,
+    pub attach_mode: AttachMode,
     /// Why the device plugin was not used.
     pub why_standalone: Option<String>,
     pub device_plugin: Option<DevicePluginReport>,
@@ -569,7 +585,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     let guest_mac = args.guest_mac.unwrap_or(mac);
     let tag_word = format!("{nonce:08x}");
     let mut guest_info = GuestInfo {
-        kind: "stand-in",
+        kind: GuestKind::StandIn,
         why_not_vm: None,
         ip: format!("{GUEST_IP}/{PREFIX}"),
         mac: guest_mac.to_string(),
@@ -640,7 +656,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
                 "== QEMU (pid {}) boots the guest on {POD_IF} ({opened}), guest MAC {guest_mac}",
                 vm.pid,
             ));
-            guest_info.kind = "vm";
+            guest_info.kind = GuestKind::Vm;
             guest_info.qemu_pid = Some(vm.pid);
             guest_info.kernel = Some(ensured.image.package.clone());
             made.vm = Some(vm);
@@ -681,7 +697,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     say.line(format!(
         "== first ping reply from {GUEST_IP} at the LAN {:.2} s after {} started{}",
         first_reply.as_secs_f64(),
-        if guest_info.kind == "vm" {
+        if guest_info.kind == GuestKind::Vm {
             "QEMU"
         } else {
             "the stand-in"
@@ -716,7 +732,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     let mut tcp_echo = None;
     let mut http_status = None;
     let mut http_body = None;
-    if guest_info.kind == "vm" {
+    if guest_info.kind == GuestKind::Vm {
         check_signal()?;
         let line = format!("macvtapctl lab {tag}");
         let took = probe::tcp_echo(&lan, SocketAddr::from((GUEST_IP, 7)), &line)?;
@@ -761,9 +777,9 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
         namespaces: names,
         lab_dir: dir_path.display().to_string(),
         attach_mode: if dp_report.is_some() {
-            "device-plugin"
+            AttachMode::DevicePlugin
         } else {
-            "standalone"
+            AttachMode::Standalone
         },
         why_standalone: dp_choice.err(),
         device_plugin: dp_report,
@@ -1062,14 +1078,14 @@ fn report_text(r: &LabReport) -> String {
     row(
         "guest",
         match r.guest.kind {
-            "vm" => format!(
+            GuestKind::Vm => format!(
                 "QEMU pid {} ({}), {} {}",
                 r.guest.qemu_pid.unwrap_or_default(),
                 r.guest.kernel.as_deref().unwrap_or("?"),
                 r.guest.ip,
                 r.guest.mac
             ),
-            _ => format!(
+            GuestKind::StandIn => format!(
                 "stand-in ({}), {} {}",
                 r.guest.why_not_vm.as_deref().unwrap_or("no VM"),
                 r.guest.ip,
@@ -1136,7 +1152,7 @@ fn report_text(r: &LabReport) -> String {
         "CNI ADD (process included)",
         format!("{:.1} ms", t.cni_add_ms),
     );
-    let start = if r.guest.kind == "vm" {
+    let start = if r.guest.kind == GuestKind::Vm {
         "QEMU start"
     } else {
         "stand-in start"
@@ -1173,6 +1189,28 @@ fn lab_mac(nonce: u32) -> MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reports_kinds_and_modes_keep_their_json_words() {
+        let word =
+            |v: serde_json::Result<serde_json::Value>| v.unwrap().as_str().map(str::to_string);
+        assert_eq!(
+            word(serde_json::to_value(GuestKind::Vm)).as_deref(),
+            Some("vm")
+        );
+        assert_eq!(
+            word(serde_json::to_value(GuestKind::StandIn)).as_deref(),
+            Some("stand-in")
+        );
+        assert_eq!(
+            word(serde_json::to_value(AttachMode::DevicePlugin)).as_deref(),
+            Some("device-plugin")
+        );
+        assert_eq!(
+            word(serde_json::to_value(AttachMode::Standalone)).as_deref(),
+            Some("standalone")
+        );
+    }
 
     #[test]
     fn lab_macs_are_unicast_and_local() {
