@@ -30,15 +30,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("macvtapctl: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                // thiserror's transparent variants repeat their source's text.
-                if !e.to_string().contains(&cause.to_string()) {
-                    eprintln!("  caused by: {cause}");
-                }
-                source = cause.source();
-            }
+            macvtapctl::print_error("macvtapctl", &e);
             ExitCode::FAILURE
         }
     }

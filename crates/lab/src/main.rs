@@ -23,15 +23,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("macvtap-lab: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                // thiserror's transparent variants repeat their source's text.
-                if !e.to_string().contains(&cause.to_string()) {
-                    eprintln!("  caused by: {cause}");
-                }
-                source = cause.source();
-            }
+            macvtapctl::print_error("macvtap-lab", &e);
             match e {
                 MainError::Lab(lab) => ExitCode::from(lab.exit_code()),
                 _ => ExitCode::FAILURE,
