@@ -13,18 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>-<hash>/out: three
     // levels up is the directory where the workspace's binaries are built.
-    // The device plugin's shared test code (included by path, see
-    // tests/containerd.rs) finds the daemon through this variable, which
-    // cargo only sets for the package that owns the binary.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let bin_dir = out
         .ancestors()
         .nth(3)
         .ok_or("OUT_DIR has no profile directory")?;
-    println!(
-        "cargo:rustc-env=CARGO_BIN_EXE_macvtap-deviceplugin={}",
-        bin_dir.join("macvtap-deviceplugin").display()
-    );
     println!("cargo:rustc-env=MACVTAP_E2E_BIN_DIR={}", bin_dir.display());
     Ok(())
 }

@@ -7,8 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use macvtap_net::{MacAddr, MacvtapMode};
 
 /// Wire virtual machines to macvtaps by hand: create, inspect and delete
-/// macvtaps, start QEMU on one, print libvirt XML, diagnose the classic
-/// failures, and run a lab that boots a real VM on a CNI-made macvtap.
+/// macvtaps, start QEMU on one, print libvirt XML and diagnose the classic
+/// failures. (The lab that boots a real VM on a CNI-made macvtap is its own
+/// tool: macvtap-lab.)
 ///
 /// A macvtap is a macvlan child of a lower (uplink) device whose frames go
 /// to a character device (/dev/tapN) that QEMU reads and writes, so a guest
@@ -19,7 +20,6 @@ use macvtap_net::{MacAddr, MacvtapMode};
 ///   macvtapctl show mvtap0
 ///   macvtapctl qemu --interface mvtap0 -- -m 1G -drive file=disk.qcow2
 ///   macvtapctl doctor --interface mvtap0
-///   macvtapctl lab                      # the whole story in private namespaces
 ///   macvtapctl --netns pod1 list --json # act inside /run/netns/pod1
 #[derive(Debug, Parser)]
 #[command(name = "macvtapctl", version, verbatim_doc_comment)]
@@ -62,8 +62,6 @@ pub enum Command {
     Qemu(QemuArgs),
     LibvirtXml(LibvirtArgs),
     Doctor(DoctorArgs),
-    Lab(LabArgs),
-    Guest(GuestArgs),
 }
 
 /// Create a macvtap on a lower device, up, and show it.
@@ -140,7 +138,7 @@ pub enum VhostChoice {
 ///   macvtapctl qemu --interface mvtap0 -- -m 1G -drive file=disk.qcow2,if=virtio
 ///   macvtapctl qemu --interface mvtap0 --queues 4 -- -smp 4 -m 2G -cdrom debian.iso
 ///   macvtapctl --netns pod1 qemu --interface net1 --dry-run -- -m 512
-///   eval "macvtapctl qemu --interface mvtap0 -- $(macvtapctl guest --serial stdio)"  # the lab's guest
+///   eval "macvtapctl qemu --interface mvtap0 -- $(macvtap-lab guest --serial stdio)"  # the lab's guest
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct QemuArgs {
@@ -232,124 +230,11 @@ pub struct DoctorArgs {
     pub guest_ip: Option<std::net::IpAddr>,
 }
 
-/// Whether the lab boots a real VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum VmChoice {
-    /// A real VM when QEMU is installed, else a stand-in that answers ARP and ping.
-    Auto,
-    /// A real VM, or fail.
-    Always,
-    /// The stand-in only (no QEMU needed).
-    Never,
-}
-
-/// Whether the lab runs the device plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DevicePluginChoice {
-    /// When `macvtap-deviceplugin` is found next to macvtapctl; else the CNI
-    /// plugin runs in standalone mode.
-    Auto,
-    /// The device plugin, or fail.
-    Always,
-    /// The CNI plugin in standalone mode (on `up0`), no device plugin.
-    Never,
-}
-
-/// Boot a VM on a CNI-made macvtap in private namespaces and reach it.
-///
-/// The whole story, end to end, in network namespaces the lab makes and
-/// removes: a LAN, a node with the uplink veth `up0`, and an empty pod.
-/// When `macvtap-deviceplugin` is next to macvtapctl it runs inside the
-/// node against a built-in kubelet stand-in, which registers it, sees its
-/// devices Healthy and Allocates one; the `macvtap` CNI plugin then
-/// attaches that deviceID to the pod exactly as Multus would, so the pod
-/// gets the macvtap `net1` with the promised ifindex and the MAC from
-/// CNI_ARGS (without the device plugin: the CNI plugin in standalone mode).
-/// A small Debian guest boots with QEMU on the device node the device
-/// plugin promised (built once from Debian packages and cached); the LAN
-/// proves ping, TCP and HTTP; the timings are printed; everything made is
-/// removed, also on failure or Ctrl-C.
-///
-///   LAN 10.201.0.1 (lan0) ── veth ── up0 (node) ══ macvtap net1 (pod) ══ VM 10.201.0.10
-///
-/// Examples:
-///   macvtapctl lab
-///   macvtapctl lab --vm never        # no QEMU: a stand-in answers ping
-///   macvtapctl lab --device-plugin never   # the CNI plugin alone, standalone mode
-///   macvtapctl lab --keep            # leave it running; prints how to remove it
-#[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
-pub struct LabArgs {
-    #[arg(long, value_enum, default_value = "auto")]
-    pub vm: VmChoice,
-    /// Run the device plugin and attach its deviceID (auto: when
-    /// `macvtap-deviceplugin` is next to macvtapctl).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device_plugin: DevicePluginChoice,
-    /// The device plugin binary (default: `macvtap-deviceplugin` next to
-    /// macvtapctl).
-    #[arg(long, value_name = "PATH")]
-    pub device_plugin_bin: Option<PathBuf>,
-    /// Leave the namespaces (and the VM) in place on success or failure.
-    #[arg(long)]
-    pub keep: bool,
-    /// The CNI plugin binary (default: `macvtap` next to macvtapctl, then
-    /// /opt/cni/bin/macvtap).
-    #[arg(long, value_name = "PATH")]
-    pub cni_plugin: Option<PathBuf>,
-    /// The QEMU binary.
-    #[arg(
-        long = "qemu",
-        default_value = "qemu-system-x86_64",
-        value_name = "BIN"
-    )]
-    pub qemu_bin: PathBuf,
-    /// Where the guest kernel and initramfs are cached.
-    #[arg(long, default_value = DEFAULT_CACHE_DIR, value_name = "DIR")]
-    pub cache_dir: PathBuf,
-    /// Boot the guest with this MAC instead of the macvtap's (to watch the
-    /// silent loss that a mismatch causes, and doctor explain it).
-    #[arg(long, value_parser = parse_mac, value_name = "MAC")]
-    pub guest_mac: Option<MacAddr>,
-    /// How long to wait for the guest's first ping reply, in seconds.
-    #[arg(long, default_value_t = 90, value_name = "SECONDS")]
-    pub timeout: u64,
-}
-
-/// Where `lab` and `guest` cache the guest kernel and initramfs.
-pub const DEFAULT_CACHE_DIR: &str = "/var/cache/macvtapctl";
-
-/// Print the QEMU arguments that boot the lab's small guest.
-///
-/// A Debian kernel and a busybox initramfs (built from Debian packages on
-/// first use, cached) that configures --ip on its virtio NIC and answers
-/// ping, TCP echo on port 7 and HTTP on port 80. Needs `apt-get download`,
-/// busybox-static and xz. The words are shell-quoted: use eval.
-///
-/// Examples:
-///   eval "macvtapctl qemu --interface mvtap0 -- $(macvtapctl guest --ip 192.0.2.10/24 --serial stdio)"
-///   macvtapctl guest --json
-#[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
-pub struct GuestArgs {
-    /// The guest's address with prefix length.
-    #[arg(long, default_value = "10.201.0.10/24", value_name = "CIDR")]
-    pub ip: String,
-    /// QEMU's -serial backend for the guest console (file:PATH, stdio, null).
-    #[arg(long, default_value = "null", value_name = "BACKEND")]
-    pub serial: String,
-    /// A word the guest serves in its HTTP page and console banner.
-    #[arg(long, default_value = "hello", value_name = "WORD")]
-    pub tag: String,
-    #[arg(long, default_value = DEFAULT_CACHE_DIR, value_name = "DIR")]
-    pub cache_dir: PathBuf,
-}
-
 fn parse_mode(s: &str) -> Result<MacvtapMode, String> {
     s.parse()
 }
 
-fn parse_mac(s: &str) -> Result<MacAddr, String> {
+pub fn parse_mac(s: &str) -> Result<MacAddr, String> {
     MacAddr::parse_unicast(s).map_err(|e| e.to_string())
 }
 

@@ -1,24 +1,13 @@
 //! `macvtapctl`: the host tool for wiring VMs to macvtaps by hand. Each
 //! subcommand parses, calls its module, prints; see `macvtapctl --help`.
 
-mod cli;
-mod doctor;
-mod host;
-mod iface;
-mod lab;
-mod libvirt;
-mod links;
-mod qemu;
-mod scope;
-mod tap;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use macvtapctl::cli::{Cli, Command};
+use macvtapctl::scope::{Scope, ScopeError};
+use macvtapctl::{doctor, libvirt, links, qemu};
 use serde::Serialize;
-
-use crate::cli::{Cli, Command, GuestArgs};
-use crate::scope::{Scope, ScopeError};
 
 #[derive(Debug, thiserror::Error)]
 enum CtlError {
@@ -32,10 +21,6 @@ enum CtlError {
     Libvirt(#[from] libvirt::LibvirtError),
     #[error(transparent)]
     Doctor(#[from] doctor::DoctorError),
-    #[error(transparent)]
-    Lab(#[from] lab::LabError),
-    #[error(transparent)]
-    Guest(#[from] lab::guest::GuestError),
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -45,19 +30,8 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("macvtapctl: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                // thiserror's transparent variants repeat their source's text.
-                if !e.to_string().contains(&cause.to_string()) {
-                    eprintln!("  caused by: {cause}");
-                }
-                source = cause.source();
-            }
-            match e {
-                CtlError::Lab(lab) => ExitCode::from(lab.exit_code()),
-                _ => ExitCode::FAILURE,
-            }
+            macvtapctl::print_error("macvtapctl", &e);
+            ExitCode::FAILURE
         }
     }
 }
@@ -117,30 +91,6 @@ fn run(cli: &Cli) -> Result<ExitCode, CtlError> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Lab(args) => {
-            let report = lab::run(args, cli.netns.is_some(), cli.json)?;
-            if cli.json {
-                print_json(&report)?;
-            }
-        }
-        Command::Guest(args) => guest(args, cli.json)?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `guest`: the QEMU arguments that boot the lab's guest.
-fn guest(args: &GuestArgs, json: bool) -> Result<(), CtlError> {
-    let ensured = lab::guest::ensure(&args.cache_dir)?;
-    let qemu_args = lab::guest::qemu_args(&ensured.image, &args.ip, &args.serial, &args.tag)?;
-    if json {
-        print_json(&serde_json::json!({
-            "image": ensured.image,
-            "built": ensured.built,
-            "args": qemu_args,
-        }))?;
-    } else {
-        let words: Vec<String> = qemu_args.iter().map(|a| qemu::shell_quote(a)).collect();
-        println!("{}", words.join(" "));
-    }
-    Ok(())
 }

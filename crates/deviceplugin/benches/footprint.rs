@@ -7,12 +7,9 @@
 //! `cargo bench -p macvtap-deviceplugin --bench footprint` (`MACVTAP_DP_BIN`
 //! picks the binary: `scripts/bench` passes the static release build).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use macvtap_testkit::device_plugin::*;
 use serde_json::json;
 
 fn status_field(pid: i32, field: &str) -> String {

@@ -165,7 +165,7 @@ async fn bad_configurations_exit_1_naming_the_problem() {
 
 #[test]
 fn help_lists_the_flags() {
-    let out = std::process::Command::new(DAEMON)
+    let out = std::process::Command::new(daemon_path())
         .arg("--help")
         .env_clear()
         .output()

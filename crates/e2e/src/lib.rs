@@ -5,7 +5,7 @@
 //!   macvtap` network (standalone `master`, host-local IPAM).
 //! - `tests/containerd.rs`: containerd 1.6 through its CRI API (our own
 //!   client, `proto/cri.proto`), with the real device plugin allocating the
-//!   device through the kubelet stand-in of `crates/deviceplugin/tests`.
+//!   device through the harness's kubelet stand-in (`macvtap-testkit`).
 //! - `tests/multus.rs`: the seeds' NetworkAttachmentDefinition delegated
 //!   the way Multus does it, with an allocated `deviceID`.
 //!

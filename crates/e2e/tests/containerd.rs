@@ -14,9 +14,9 @@
 //!    receives the LAN's frames through it, as a VM would;
 //! 4. StopPodSandbox and RemovePodSandbox (the CNI DEL) leave nothing.
 
-#[path = "../../deviceplugin/tests/common/mod.rs"]
-mod common;
 mod support;
+
+use macvtap_testkit::device_plugin as common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

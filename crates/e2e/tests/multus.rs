@@ -5,9 +5,9 @@
 //! Multus builds them, attaches the promised device (0.3.1 result shape,
 //! MAC, MTU, ifindex, device node), and DEL with the same input removes it.
 
-#[path = "../../deviceplugin/tests/common/mod.rs"]
-mod common;
 mod support;
+
+use macvtap_testkit::device_plugin as common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -16,10 +16,11 @@ mod support;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use macvtap_net::MacAddr;
+use macvtap_testkit::GuestStandIn;
 use serde_json::{json, Value};
 use support::nspath::NsPath;
 use support::podman::Podman;
-use support::responder::{parse_mac, Responder};
 use support::*;
 
 const IMAGE: &str = "localhost/macvtap-e2e-busybox:latest";
@@ -271,7 +272,9 @@ fn check_reachability(lab: &Lab, podman: &Podman, c: &Attached) {
 
     let ip: Ipv4Addr = c.ip.parse().expect("an IPv4 address");
     let node = lab.pod_tap_path(&c.id, "eth0");
-    let reader = Responder::start(&node, parse_mac(&c.mac), ip, false);
+    let mac = MacAddr::parse_unicast(&c.mac).expect("the container's MAC");
+    let reader = GuestStandIn::open(&node, mac, ip, false)
+        .unwrap_or_else(|e| panic!("cannot open the tap device {}: {e}", node.display()));
     let (ok, out) = ping_from(lan, &c.ip, 1);
     assert!(
         !ok,

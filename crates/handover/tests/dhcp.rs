@@ -20,7 +20,8 @@ use macvtap_handover::dhcp::{
     ETH_P_ALL,
 };
 use macvtap_handover::{apply, tap_device_number, undo, UndoOutcome};
-use macvtap_net::{frames::VNET_HDR_LEN, MacAddr, NetNs};
+use macvtap_net::{MacAddr, NetNs};
+use macvtap_testkit::guest::frames::VNET_HDR_LEN;
 
 /// The guest's end: the macvtap's character device, through a node we
 /// made from the device number sysfs gives in the container's namespace.

@@ -8,7 +8,6 @@
 
 mod devnode;
 mod error;
-pub mod frames;
 mod mac;
 mod monitor;
 mod named_netns;

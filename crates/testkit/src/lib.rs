@@ -8,6 +8,9 @@
 //! never collide.
 
 mod build;
+#[cfg(feature = "kubelet")]
+pub mod device_plugin;
+pub mod guest;
 mod inspect;
 mod lab;
 mod monitor;
@@ -15,10 +18,13 @@ mod mount;
 mod names;
 mod netns;
 mod plugin;
+mod procs;
 mod resources;
+mod spawn;
 mod tempdir;
 
 pub use build::cargo_build_bins;
+pub use guest::GuestStandIn;
 pub use inspect::{files_under, leases_in, DeviceNode, Link};
 pub use lab::{Lab, LOWER, POD_IFNAME};
 pub use monitor::LinkMonitor;
@@ -26,9 +32,11 @@ pub use mount::TmpfsMount;
 pub use names::{require_root, unique_name};
 pub use netns::Netns;
 pub use plugin::{Plugin, PluginOutput, NODE_CONFIG_ENV, NO_NODE_POLICY, STATE_DIR_ENV};
+pub use procs::{alive, build_next_to, doctor_finding, eventually, ChildGuard, Run};
 pub use resources::{
     grant, grant_to_pod, write_resources, write_resources_json, write_resources_ungranted, Resource,
 };
+pub use spawn::join_netns_at_exec;
 pub use tempdir::TempDir;
 
 /// Every CNI spec version the plugin promises to implement.

@@ -1,7 +1,7 @@
 //! Shared by the runtime end-to-end tests: the binaries under test, the
 //! runtimes (installed by `scripts/install-runtimes` when missing), a CNI
 //! bin dir that times the plugin, the test image, namespace inspection by
-//! path, a tap-device responder, and the podman and containerd guards.
+//! path, and the podman and containerd guards.
 #![allow(dead_code, unused_imports)] // each test file uses a different subset
 
 pub mod containerd;
@@ -10,7 +10,6 @@ pub mod image;
 pub mod nspath;
 pub mod podman;
 pub mod procs;
-pub mod responder;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -13,13 +13,13 @@ use macvtap_net::{MacAddr, NodeInfo};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::daemon::{Daemon, DaemonPaths};
-use super::kubelet::{Allocation, Event, KubeletStandIn};
-use super::{check_signal, ms, CniCall, LabError, Made, Say, Timings, POD_IF, UPLINK};
-use crate::iface::InterfaceInfo;
-use crate::links;
-use crate::scope::Scope;
-use crate::tap;
+use crate::kubelet::{Allocation, Event, KubeletStandIn};
+use crate::{check_signal, ms, CniCall, LabError, Made, Say, Timings, POD_IF, UPLINK};
+use macvtap_testkit::device_plugin::DaemonCmd;
+use macvtapctl::iface::InterfaceInfo;
+use macvtapctl::links;
+use macvtapctl::scope::Scope;
+use macvtapctl::tap;
 
 /// The resource the lab offers: the seeds' `dataplane` on the uplink.
 pub const RESOURCE: &str = "dataplane";
@@ -97,12 +97,6 @@ pub fn attach(
     made: &mut Made,
     timings: &mut Timings,
 ) -> Result<Attached, LabError> {
-    let paths = DaemonPaths {
-        plugin_dir: dir.join("device-plugins"),
-        state_dir: dir.join("state"),
-        pod_resources_socket: dir.join("pod-resources").join("kubelet.sock"),
-        log: dir.join("device-plugin.log"),
-    };
     let conf = json!([{
         "name": RESOURCE,
         "lowerDevice": UPLINK,
@@ -110,10 +104,25 @@ pub fn attach(
         "capacity": CAPACITY,
     }])
     .to_string();
-    let kubelet = KubeletStandIn::start(&paths.plugin_dir).map_err(|e| {
+    let log = dir.join("device-plugin.log");
+    let launch = DaemonCmd {
+        binary: binary.to_path_buf(),
+        netns: node.path().to_path_buf(),
+        conf: Some(conf.clone()),
+        env: Default::default(),
+        plugin_dir: dir.join("device-plugins"),
+        state_dir: dir.join("state"),
+        pod_resources: dir.join("pod-resources").join("kubelet.sock"),
+        metrics: None,
+        extra_args: vec![],
+        log: Some(log.clone()),
+        own_process_group: true,
+        dies_with_us: !keep,
+    };
+    let kubelet = KubeletStandIn::start(&launch.plugin_dir).map_err(|e| {
         LabError::DevicePlugin(format!(
             "cannot serve the kubelet stand-in on {}: {e}",
-            paths.plugin_dir.join("kubelet.sock").display()
+            launch.plugin_dir.join("kubelet.sock").display()
         ))
     })?;
     let kubelet = made.kubelet.insert(kubelet);
@@ -121,20 +130,21 @@ pub fn attach(
         "== kubelet stand-in: Registration on {}",
         kubelet.dir().join("kubelet.sock").display()
     ));
-    let daemon = Daemon::spawn(binary, node.netns(), &conf, &paths, keep)
+    let daemon = launch
+        .try_spawn()
         .map_err(|e| LabError::DevicePlugin(format!("cannot start {}: {e}", binary.display())))?;
     let daemon = made.daemon.insert(daemon);
     say.line(format!(
         "== device plugin {} (pid {}) in {}: DP_MACVTAP_CONF={conf}",
         binary.display(),
-        daemon.pid,
+        daemon.pid(),
         node.name().unwrap_or("the node"),
     ));
     say.line(format!(
         "   --device-plugin-path {} --state-dir {} --pod-resources-socket {}",
-        paths.plugin_dir.display(),
-        paths.state_dir.display(),
-        paths.pod_resources_socket.display()
+        launch.plugin_dir.display(),
+        launch.state_dir.display(),
+        launch.pod_resources.display()
     ));
 
     let got = await_allocation(made, say)?;
@@ -200,7 +210,7 @@ pub fn attach(
         pod,
         container_id: sandbox_id,
         args: cni_args.clone(),
-        state_dir: &paths.state_dir,
+        state_dir: &launch.state_dir,
     };
     cni.add(&config, say, made, timings)?;
     check_signal()?;
@@ -280,10 +290,10 @@ pub fn attach(
         binary: binary.display().to_string(),
         pid: got.pid,
         conf,
-        plugin_dir: paths.plugin_dir.display().to_string(),
-        state_dir: paths.state_dir.display().to_string(),
-        pod_resources_socket: paths.pod_resources_socket.display().to_string(),
-        log: paths.log.display().to_string(),
+        plugin_dir: launch.plugin_dir.display().to_string(),
+        state_dir: launch.state_dir.display().to_string(),
+        pod_resources_socket: launch.pod_resources.display().to_string(),
+        log: log.display().to_string(),
         resource_name: got.resource_name,
         endpoint: got.endpoint,
         version: got.version,
@@ -340,7 +350,7 @@ fn await_allocation(made: &mut Made, say: Say) -> Result<Got, LabError> {
     let mut list_updates = 0;
     loop {
         check_signal()?;
-        if let Some(status) = daemon.exited() {
+        if let Some(status) = daemon.try_status() {
             return Err(LabError::DevicePlugin(format!(
                 "the daemon exited ({status}) before the kubelet stand-in allocated a device\n{}",
                 daemon.log_tail()
@@ -414,7 +424,7 @@ fn await_allocation(made: &mut Made, say: Say) -> Result<Got, LabError> {
                     ));
                 }
                 return Ok(Got {
-                    pid: daemon.pid,
+                    pid: daemon.pid() as u32,
                     started,
                     registered_at,
                     healthy_at,

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use macvtap_deviceplugin::proto::deviceplugin::device_plugin_client::DevicePluginClient;
 use macvtap_deviceplugin::proto::deviceplugin::registration_server::{
     Registration, RegistrationServer,
@@ -16,10 +15,9 @@ use macvtap_deviceplugin::proto::deviceplugin::registration_server::{
 use macvtap_deviceplugin::proto::deviceplugin::{
     Device, DevicePluginOptions, Empty, ListAndWatchResponse, RegisterRequest,
 };
-use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tonic::service::Routes;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::server::ServerThread;

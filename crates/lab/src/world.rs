@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use macvtap_net::NetNs;
 
-use crate::scope::Scope;
+use macvtapctl::scope::Scope;
 
 /// Named namespaces made by the lab, deleted on drop (last made, first gone).
 #[derive(Debug, Default)]
@@ -47,7 +47,7 @@ impl Drop for Namespaces {
     fn drop(&mut self) {
         if !self.keep {
             for problem in self.remove() {
-                eprintln!("macvtapctl lab: cleanup: {problem}");
+                eprintln!("macvtap-lab: cleanup: {problem}");
             }
         }
     }
@@ -88,7 +88,7 @@ impl Drop for LabDir {
     fn drop(&mut self) {
         if !self.keep {
             if let Err(e) = self.remove() {
-                eprintln!("macvtapctl lab: cleanup: {}: {e}", self.path.display());
+                eprintln!("macvtap-lab: cleanup: {}: {e}", self.path.display());
             }
         }
     }

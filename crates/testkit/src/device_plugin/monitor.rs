@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use macvtap_testkit::{LinkMonitor, Netns};
+use crate::{LinkMonitor, Netns};
 
 /// The testkit's link monitor, waited on from async tests.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::guest::READY_BANNER;
+use crate::guest::READY_BANNER;
 
 #[derive(Debug)]
 pub struct Vm {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::cpio::Cpio;
-use super::elf;
+use crate::cpio::Cpio;
+use crate::elf;
 
 /// The modules virtio-net needs, in load order.
 pub const MODULES: [&str; 8] = [

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cni_plugin, eventually, finding, run, run_in, ChildGuard};
+use common::{cni_plugin, ctl, ctl_in, eventually, finding, run, ChildGuard};
 use macvtap_net::NetNs;
 use macvtap_testkit::{Lab, POD_IFNAME};
 
@@ -75,7 +75,7 @@ fn a_vm_on_a_cni_made_macvtap_answers_the_lan_and_a_wrong_mac_is_explained() {
     let started = Instant::now();
     // macvtapctl replaces itself with QEMU: this PID is QEMU's.
     let qemu = ChildGuard(
-        Command::new(common::ctl_path())
+        Command::new(ctl())
             .args(["--netns", lab.pod.name(), "qemu", "--interface", POD_IFNAME])
             .args(["--device-opt", "romfile=", "--"])
             .args(&guest_args)
@@ -135,7 +135,7 @@ fn a_vm_on_a_cni_made_macvtap_answers_the_lan_and_a_wrong_mac_is_explained() {
         "a guest whose MAC differs from the macvtap's still answered: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let doctor = run_in(&lab.pod, &["doctor", "--interface", POD_IFNAME, "--json"]);
+    let doctor = ctl_in(&lab.pod, &["doctor", "--interface", POD_IFNAME, "--json"]);
     assert_eq!(doctor.code, Some(1), "{doctor:?}");
     let report: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
     let f = finding(&report, POD_IFNAME, "guest mac");

@@ -1,8 +1,8 @@
-//! `macvtapctl lab`, as the demo runs it: one real VM boot on the device
+//! `macvtap-lab`, as the demo runs it: one real VM boot on the device
 //! plugin's path (the real daemon, the kubelet stand-in's Allocate, the
 //! CNI ADD as Multus sends it) proving ping, TCP and HTTP; the standalone
 //! CNI path with the stand-in instead of QEMU; `auto` without the daemon
-//! next to macvtapctl; a deliberately wrong guest MAC that fails with
+//! next to macvtap-lab; a deliberately wrong guest MAC that fails with
 //! doctor's explanation; `--keep` and its cleanup script. After every run,
 //! nothing the lab made is left.
 
@@ -48,14 +48,7 @@ fn ms(t: &Value, key: &str) -> f64 {
 fn the_device_plugins_device_boots_a_vm_that_answers_ping_tcp_and_http() {
     cni_plugin();
     device_plugin();
-    let out = run(&[
-        "lab",
-        "--vm",
-        "always",
-        "--device-plugin",
-        "always",
-        "--json",
-    ]);
+    let out = run(&["--vm", "always", "--device-plugin", "always", "--json"]);
     let report = out.json();
     let lab_dir = report["lab_dir"].as_str().unwrap().to_string();
     assert_eq!(report["attach_mode"], "device-plugin", "{report:#}");
@@ -171,7 +164,7 @@ fn the_device_plugins_device_boots_a_vm_that_answers_ping_tcp_and_http() {
 #[test]
 fn standalone_without_a_vm_a_stand_in_answers_ping() {
     cni_plugin();
-    let report = run(&["lab", "--vm", "never", "--device-plugin", "never", "--json"]).json();
+    let report = run(&["--vm", "never", "--device-plugin", "never", "--json"]).json();
     assert_eq!(report["attach_mode"], "standalone");
     assert_eq!(report["why_standalone"], "--device-plugin never");
     assert_eq!(report["device_plugin"], Value::Null);
@@ -193,15 +186,15 @@ fn standalone_without_a_vm_a_stand_in_answers_ping() {
 }
 
 #[test]
-fn auto_without_the_daemon_next_to_macvtapctl_runs_standalone_and_always_refuses() {
+fn auto_without_the_daemon_next_to_the_lab_runs_standalone_and_always_refuses() {
     let plugin = cni_plugin();
-    // A macvtapctl alone in a directory: no macvtap-deviceplugin beside it.
-    let dir = macvtap_testkit::TempDir::new("ctl-alone");
-    let ctl = dir.path().join("macvtapctl");
-    std::fs::copy(common::ctl_path(), &ctl).unwrap();
+    // A macvtap-lab alone in a directory: no macvtap-deviceplugin beside it.
+    let dir = macvtap_testkit::TempDir::new("lab-alone");
+    let alone = dir.path().join("macvtap-lab");
+    std::fs::copy(common::lab_path(), &alone).unwrap();
     let lab = |mode: &str| {
-        Command::new(&ctl)
-            .args(["lab", "--vm", "never", "--json", "--device-plugin", mode])
+        Command::new(&alone)
+            .args(["--vm", "never", "--json", "--device-plugin", mode])
             .arg("--cni-plugin")
             .arg(&plugin)
             .stdin(Stdio::null())
@@ -238,13 +231,13 @@ fn a_wrong_guest_mac_fails_with_doctors_explanation_and_cleans_up() {
     cni_plugin();
     device_plugin();
     let before: Vec<_> = lab_namespaces();
-    let out = run(&["lab", "--vm", "never", "--guest-mac", "02:00:0a:c9:08:99"]);
+    let out = run(&["--vm", "never", "--guest-mac", "02:00:0a:c9:08:99"]);
     let err = out.fails_with(1).to_string();
     assert!(err.contains("did not answer ping"), "{err}");
     assert!(err.contains("doctor: net1 guest mac"), "{err}");
     assert!(err.contains("02:00:0a:c9:08:99"), "{err}");
     assert!(err.contains("100% loss"), "{err}");
-    // auto: the daemon next to macvtapctl attached the pod, and was stopped.
+    // auto: the daemon next to macvtap-lab attached the pod, and was stopped.
     assert!(out.stdout.contains("\n== device plugin "), "{}", out.stdout);
     assert!(
         out.stdout.contains("   Allocate(dataplane-"),
@@ -278,7 +271,6 @@ fn keep_leaves_the_world_and_a_script_that_removes_it() {
     cni_plugin();
     device_plugin();
     let report = run(&[
-        "lab",
         "--vm",
         "never",
         "--device-plugin",
@@ -289,7 +281,7 @@ fn keep_leaves_the_world_and_a_script_that_removes_it() {
     .json();
     let pod = report["namespaces"]["pod"].as_str().unwrap();
     assert!(Path::new("/run/netns").join(pod).exists());
-    // The device plugin outlives macvtapctl, still serving its socket.
+    // The device plugin outlives macvtap-lab, still serving its socket.
     let dp = &report["device_plugin"];
     let pid = dp["pid"].as_u64().unwrap() as u32;
     assert!(alive(pid), "the kept device plugin (pid {pid}) is gone");
@@ -304,20 +296,14 @@ fn keep_leaves_the_world_and_a_script_that_removes_it() {
 
 #[test]
 fn refuses_netns_and_points_at_a_missing_plugin() {
-    let err = run(&["--netns", "x", "lab"]).fails_with(1).to_string();
-    assert!(err.contains("makes its own namespaces"), "{err}");
-    let err = run(&[
-        "lab",
-        "--vm",
-        "never",
-        "--cni-plugin",
-        "/nonexistent/macvtap",
-    ])
-    .fails_with(1)
-    .to_string();
+    // The lab makes its own namespaces: it has no --netns to act in one.
+    let err = run(&["--netns", "x"]).fails_with(2).to_string();
+    assert!(err.contains("--netns"), "{err}");
+    let err = run(&["--vm", "never", "--cni-plugin", "/nonexistent/macvtap"])
+        .fails_with(1)
+        .to_string();
     assert!(err.contains("build-release"), "{err}");
     let err = run(&[
-        "lab",
         "--vm",
         "never",
         "--device-plugin-bin",

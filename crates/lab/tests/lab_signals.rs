@@ -17,8 +17,8 @@ fn sigint_while_the_vm_boots_removes_everything() {
     cni_plugin();
     device_plugin();
     let mut lab = ChildGuard(
-        Command::new(common::ctl_path())
-            .args(["lab", "--vm", "always", "--device-plugin", "always"])
+        Command::new(common::lab_path())
+            .args(["--vm", "always", "--device-plugin", "always"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,4 +1,4 @@
-//! `lab`: the whole story end to end, in namespaces the lab makes and
+//! `macvtap-lab`: the whole story end to end, in namespaces the lab makes and
 //! removes. A LAN namespace, a node namespace with the uplink veth, an
 //! empty pod; the device plugin (when found) runs in the node against a
 //! kubelet stand-in that Allocates a device; the CNI plugin attaches the
@@ -6,6 +6,7 @@
 //! a real guest boots on the pod's macvtap (or a stand-in answers), and
 //! the LAN proves ping, TCP and HTTP.
 
+pub mod cli;
 pub mod cni;
 mod cpio;
 mod daemon;
@@ -15,7 +16,6 @@ pub mod guest;
 mod kubelet;
 mod probe;
 mod signals;
-mod standin;
 mod vm;
 mod world;
 
@@ -29,21 +29,23 @@ use serde::Serialize;
 use serde_json::json;
 
 use self::cni::{Attachment, CniError};
-use self::daemon::{Daemon, Stopped};
 use self::dp::DevicePluginReport;
 use self::guest::{Ensured, GuestError};
 use self::kubelet::{Event, KubeletStandIn};
 use self::probe::{Pinger, ProbeError};
-use self::standin::StandIn;
 use self::vm::Vm;
 use self::world::{LabDir, Namespaces};
-use crate::cli::{DevicePluginChoice, DoctorArgs, LabArgs, VhostChoice, VmChoice};
-use crate::doctor::{self, Status};
-use crate::iface::InterfaceInfo;
-use crate::links::{self, LinkError};
-use crate::qemu::{self, NicOptions, QemuError};
-use crate::scope::{Scope, ScopeError};
-use crate::tap::{self, TapError};
+use macvtap_testkit::device_plugin::{Daemon, Stopped};
+use macvtap_testkit::GuestStandIn;
+use macvtapctl::cli::{DoctorArgs, VhostChoice};
+use macvtapctl::doctor::{self, Status};
+use macvtapctl::iface::InterfaceInfo;
+use macvtapctl::links::{self, LinkError};
+use macvtapctl::qemu::{self, NicOptions, QemuError};
+use macvtapctl::scope::{Scope, ScopeError};
+use macvtapctl::tap::{self, TapError};
+
+use crate::cli::{DevicePluginChoice, LabArgs, VmChoice};
 
 const LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 10);
@@ -60,8 +62,6 @@ const REPLY_GRACE_STAND_IN: Duration = Duration::from_secs(3);
 pub enum LabError {
     #[error("the lab must run as root: it creates network namespaces, links and device nodes")]
     NotRoot,
-    #[error("--netns does not apply to lab: it makes its own namespaces")]
-    NetnsGiven,
     #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
     Signals(#[source] nix::Error),
     #[error("--vm always, but no VM can be booted: {0}")]
@@ -121,10 +121,28 @@ pub struct Names {
     pub pod: String,
 }
 
+/// What answered on the pod's macvtap (in the report: "vm", "stand-in").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestKind {
+    Vm,
+    StandIn,
+}
+
+/// How the pod got its macvtap (in the report: "device-plugin",
+/// "standalone").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// The CNI attached the deviceID the device plugin allocated.
+    DevicePlugin,
+    /// The CNI alone, on the uplink.
+    Standalone,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestInfo {
-    /// "vm" or "stand-in".
-    pub kind: &'static str,
+    pub kind: GuestKind,
     /// Why a stand-in answered instead of a VM.
     pub why_not_vm: Option<String>,
     pub ip: String,
@@ -163,9 +181,7 @@ pub struct LabReport {
     pub tag: String,
     pub namespaces: Names,
     pub lab_dir: String,
-    /// "device-plugin" (the CNI attached the deviceID the device plugin
-    /// allocated) or "standalone" (the CNI alone, on the uplink).
-    pub attach_mode: &'static str,
+    pub attach_mode: AttachMode,
     /// Why the device plugin was not used.
     pub why_standalone: Option<String>,
     pub device_plugin: Option<DevicePluginReport>,
@@ -219,7 +235,7 @@ enum GuestChoice {
 #[derive(Default)]
 struct Made {
     vm: Option<Vm>,
-    standin: Option<StandIn>,
+    standin: Option<GuestStandIn>,
     attachment: Option<Attachment>,
     daemon: Option<Daemon>,
     kubelet: Option<KubeletStandIn>,
@@ -265,7 +281,14 @@ impl Made {
         }
         // As on a node: the pod is gone, then the plugin stops (SIGTERM:
         // it removes its sockets and exits 0), the kubelet last.
-        let daemon = self.daemon.take().map(|mut d| d.stop());
+        // The plugin directory is the kubelet stand-in's.
+        let plugin_dir = self.kubelet.as_ref().map(|k| k.dir().to_path_buf());
+        let daemon = self.daemon.take().map(|mut d| {
+            d.stop(
+                daemon::STOP_GRACE,
+                plugin_dir.as_deref().unwrap_or(Path::new("")),
+            )
+        });
         if let Some(mut k) = self.kubelet.take() {
             k.stop();
         }
@@ -282,10 +305,7 @@ impl Made {
 /// Run the lab. The report comes back on success; on failure or a signal
 /// everything made is removed before the error returns (unless `--keep`
 /// and not interrupted).
-pub fn run(args: &LabArgs, netns_given: bool, json: bool) -> Result<LabReport, LabError> {
-    if netns_given {
-        return Err(LabError::NetnsGiven);
-    }
+pub fn run(args: &LabArgs, json: bool) -> Result<LabReport, LabError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(LabError::NotRoot);
@@ -322,7 +342,7 @@ pub fn run(args: &LabArgs, netns_given: bool, json: bool) -> Result<LabReport, L
     let Teardown { problems, daemon } = made.teardown();
     let cleanup = cleanup.elapsed();
     for p in &problems {
-        eprintln!("macvtapctl lab: cleanup: {p}");
+        eprintln!("macvtap-lab: cleanup: {p}");
     }
     // The device plugin must stop cleanly: exit 0, its sockets removed.
     let stopped = match daemon {
@@ -330,7 +350,7 @@ pub fn run(args: &LabArgs, netns_given: bool, json: bool) -> Result<LabReport, L
             if outcome.is_ok() {
                 outcome = Err(LabError::DevicePlugin(e));
             } else {
-                eprintln!("macvtapctl lab: cleanup: {e}");
+                eprintln!("macvtap-lab: cleanup: {e}");
             }
             None
         }
@@ -370,8 +390,7 @@ fn write_cleanup_script(made: &Made) -> std::io::Result<PathBuf> {
         .as_ref()
         .map(|d| d.path().to_path_buf())
         .ok_or_else(|| std::io::Error::other("no lab directory"))?;
-    let mut script =
-        String::from("#!/bin/sh\n# Removes what `macvtapctl lab --keep` left behind.\n");
+    let mut script = String::from("#!/bin/sh\n# Removes what `macvtap-lab --keep` left behind.\n");
     if let Some(vm) = &made.vm {
         script.push_str(&format!("kill {} 2>/dev/null\n", vm.pid));
     }
@@ -382,7 +401,7 @@ fn write_cleanup_script(made: &Made) -> std::io::Result<PathBuf> {
             "kill {pid} 2>/dev/null && for _ in $(seq 50); do \
              [ \"$(cut -d' ' -f3 /proc/{pid}/stat 2>/dev/null || echo Z)\" = Z ] && break; \
              sleep 0.1; done\n",
-            pid = d.pid
+            pid = d.pid()
         ));
     }
     for ns in made.namespaces.names().iter().rev() {
@@ -414,9 +433,9 @@ fn choose_device_plugin(args: &LabArgs) -> Result<Result<PathBuf, String>, LabEr
             let dir = std::env::current_exe()
                 .ok()
                 .and_then(|e| e.parent().map(|d| d.display().to_string()))
-                .unwrap_or_else(|| "macvtapctl's directory".into());
+                .unwrap_or_else(|| "macvtap-lab's directory".into());
             format!(
-                "{} is not in {dir}; ./scripts/build-release puts it next to macvtapctl, \
+                "{} is not in {dir}; ./scripts/build-release puts it next to macvtap-lab, \
                  or pass --device-plugin-bin PATH",
                 daemon::BINARY
             )
@@ -566,7 +585,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     let guest_mac = args.guest_mac.unwrap_or(mac);
     let tag_word = format!("{nonce:08x}");
     let mut guest_info = GuestInfo {
-        kind: "stand-in",
+        kind: GuestKind::StandIn,
         why_not_vm: None,
         ip: format!("{GUEST_IP}/{PREFIX}"),
         mac: guest_mac.to_string(),
@@ -637,7 +656,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
                 "== QEMU (pid {}) boots the guest on {POD_IF} ({opened}), guest MAC {guest_mac}",
                 vm.pid,
             ));
-            guest_info.kind = "vm";
+            guest_info.kind = GuestKind::Vm;
             guest_info.qemu_pid = Some(vm.pid);
             guest_info.kernel = Some(ensured.image.package.clone());
             made.vm = Some(vm);
@@ -659,7 +678,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
             };
             let started = Instant::now();
             made.standin = Some(
-                StandIn::start(fd, guest_mac, GUEST_IP)
+                GuestStandIn::start(std::fs::File::from(fd), guest_mac, GUEST_IP, true)
                     .map_err(|e| setup_err("stand-in")(e.to_string()))?,
             );
             say.line(format!(
@@ -678,7 +697,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     say.line(format!(
         "== first ping reply from {GUEST_IP} at the LAN {:.2} s after {} started{}",
         first_reply.as_secs_f64(),
-        if guest_info.kind == "vm" {
+        if guest_info.kind == GuestKind::Vm {
             "QEMU"
         } else {
             "the stand-in"
@@ -713,7 +732,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     let mut tcp_echo = None;
     let mut http_status = None;
     let mut http_body = None;
-    if guest_info.kind == "vm" {
+    if guest_info.kind == GuestKind::Vm {
         check_signal()?;
         let line = format!("macvtapctl lab {tag}");
         let took = probe::tcp_echo(&lan, SocketAddr::from((GUEST_IP, 7)), &line)?;
@@ -758,9 +777,9 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
         namespaces: names,
         lab_dir: dir_path.display().to_string(),
         attach_mode: if dp_report.is_some() {
-            "device-plugin"
+            AttachMode::DevicePlugin
         } else {
-            "standalone"
+            AttachMode::Standalone
         },
         why_standalone: dp_choice.err(),
         device_plugin: dp_report,
@@ -1059,14 +1078,14 @@ fn report_text(r: &LabReport) -> String {
     row(
         "guest",
         match r.guest.kind {
-            "vm" => format!(
+            GuestKind::Vm => format!(
                 "QEMU pid {} ({}), {} {}",
                 r.guest.qemu_pid.unwrap_or_default(),
                 r.guest.kernel.as_deref().unwrap_or("?"),
                 r.guest.ip,
                 r.guest.mac
             ),
-            _ => format!(
+            GuestKind::StandIn => format!(
                 "stand-in ({}), {} {}",
                 r.guest.why_not_vm.as_deref().unwrap_or("no VM"),
                 r.guest.ip,
@@ -1133,7 +1152,7 @@ fn report_text(r: &LabReport) -> String {
         "CNI ADD (process included)",
         format!("{:.1} ms", t.cni_add_ms),
     );
-    let start = if r.guest.kind == "vm" {
+    let start = if r.guest.kind == GuestKind::Vm {
         "QEMU start"
     } else {
         "stand-in start"
@@ -1170,6 +1189,28 @@ fn lab_mac(nonce: u32) -> MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reports_kinds_and_modes_keep_their_json_words() {
+        let word =
+            |v: serde_json::Result<serde_json::Value>| v.unwrap().as_str().map(str::to_string);
+        assert_eq!(
+            word(serde_json::to_value(GuestKind::Vm)).as_deref(),
+            Some("vm")
+        );
+        assert_eq!(
+            word(serde_json::to_value(GuestKind::StandIn)).as_deref(),
+            Some("stand-in")
+        );
+        assert_eq!(
+            word(serde_json::to_value(AttachMode::DevicePlugin)).as_deref(),
+            Some("device-plugin")
+        );
+        assert_eq!(
+            word(serde_json::to_value(AttachMode::Standalone)).as_deref(),
+            Some("standalone")
+        );
+    }
 
     #[test]
     fn lab_macs_are_unicast_and_local() {

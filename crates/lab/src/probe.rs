@@ -7,7 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::scope::{Scope, ScopeError};
+use macvtap_testkit::guest::frames::checksum;
+use macvtapctl::scope::{Scope, ScopeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -162,17 +163,6 @@ impl Pinger {
             && icmp[4..6] == self.id.to_be_bytes()
             && icmp[6..8] == seq.to_be_bytes()
     }
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Connect from inside `scope`, retrying while the port is closed (the

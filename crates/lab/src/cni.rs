@@ -16,7 +16,7 @@ const CNI_BIN_DIRS: [&str; 2] = ["/opt/cni/bin", "/usr/lib/cni"];
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
     #[error(
-        "the macvtap CNI plugin was not found (looked at {0}); build it next to macvtapctl \
+        "the macvtap CNI plugin was not found (looked at {0}); build it next to macvtap-lab \
          with ./scripts/build-release, or pass --cni-plugin PATH"
     )]
     NotFound(String),
@@ -198,7 +198,7 @@ impl Drop for Attachment {
     fn drop(&mut self) {
         if !self.keep {
             if let Err(e) = self.del() {
-                eprintln!("macvtapctl lab: cleanup: {e}");
+                eprintln!("macvtap-lab: cleanup: {e}");
             }
         }
     }

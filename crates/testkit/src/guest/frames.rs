@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::mac::MacAddr;
+use macvtap_net::MacAddr;
 
 /// A macvtap queue starts with IFF_VNET_HDR: each frame read or written is
 /// preceded by a `struct virtio_net_hdr` (10 bytes).
