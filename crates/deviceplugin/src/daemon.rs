@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -191,6 +192,7 @@ impl Daemon {
         if let Some(old) = self.served.insert(resource.config.name.clone(), served) {
             drop(old); // its socket path now belongs to the new server
         }
+        resource.registered.store(false, Ordering::Relaxed);
         self.unregistered.insert(resource.config.name.clone());
         Ok(())
     }
@@ -210,6 +212,7 @@ impl Daemon {
             match register(&self.paths.device_plugin_dir, &resource).await {
                 Ok(()) => {
                     Counters::add(&resource.counters.registrations);
+                    resource.registered.store(true, Ordering::Relaxed);
                     self.unregistered.remove(&name);
                     tracing::info!(resource = %resource.resource_name(), "registered with the kubelet");
                 }

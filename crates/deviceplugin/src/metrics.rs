@@ -184,7 +184,10 @@ async fn handle(
             let snapshot = resources.read().map(|r| r.clone()).unwrap_or_default();
             ("200 OK", render(&snapshot), "text/plain; version=0.0.4")
         }
-        "/healthz" => ("200 OK", "ok\n".to_string(), "text/plain"),
+        "/healthz" => healthz(&resources),
+        // The process answers: for a liveness probe, which must not restart
+        // the daemon while the kubelet is away.
+        "/livez" => ("200 OK", "ok\n".to_string(), "text/plain"),
         _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
     };
     let response = format!(
@@ -193,6 +196,27 @@ async fn handle(
     );
     // A client that does not read its answer is not waited for either.
     let _ = tokio::time::timeout(READ_TIMEOUT, stream.write_all(response.as_bytes())).await;
+}
+
+/// Ready when every resource is registered with the kubelet (a node
+/// without any resource to offer is ready too); else 503 naming the ones
+/// that are not.
+fn healthz(resources: &Shared) -> (&'static str, String, &'static str) {
+    let snapshot = resources.read().map(|r| r.clone()).unwrap_or_default();
+    let waiting: Vec<String> = snapshot
+        .iter()
+        .filter(|r| !r.registered.load(Ordering::Relaxed))
+        .map(|r| r.resource_name())
+        .collect();
+    if waiting.is_empty() {
+        ("200 OK", "ok\n".to_string(), "text/plain")
+    } else {
+        (
+            "503 Service Unavailable",
+            format!("not registered with the kubelet: {}\n", waiting.join(", ")),
+            "text/plain",
+        )
+    }
 }
 
 /// Serve until the task is dropped.

@@ -45,6 +45,9 @@ pub struct Resource {
     /// Set once the resource is withdrawn: its ListAndWatch streams end.
     retired: watch::Sender<bool>,
     pub counters: Counters,
+    /// Registered with the kubelet now (cleared while it is served again
+    /// after a kubelet restart, until the new registration succeeds).
+    pub registered: std::sync::atomic::AtomicBool,
 }
 
 impl Resource {
@@ -56,6 +59,7 @@ impl Resource {
             devices: watch::channel(Arc::new(devices)).0,
             retired: watch::channel(false).0,
             counters: Counters::default(),
+            registered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -855,3 +855,51 @@ async fn discovery_retires_a_resource_whose_link_is_gone_for_the_grace_period() 
     assert!(in_json("up7"));
     dp.assert_running("after the retirement");
 }
+
+/// GET `path` on the daemon's metrics address from inside `netns`, retried
+/// until the port answers: the status code.
+fn get_when_up(netns: &Path, addr: &'static str, path: &'static str) -> Option<u16> {
+    in_netns(netns, move || {
+        let deadline = Instant::now() + SLOW;
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                return http_get(&mut s, path).ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_ready_only_when_every_resource_is_registered() {
+    let mut world = World::new("dp-healthz");
+    world.kubelet.stop(); // no kubelet yet: nothing can register
+    let addr = "127.0.0.1:9466";
+    let dp = world
+        .cmd(&conf1("dataplane", 4, "pod"))
+        .metrics(addr)
+        .spawn();
+    let node = world.lab.node.path();
+    assert_eq!(
+        get_when_up(&node, addr, "/healthz"),
+        Some(503),
+        "/healthz without the kubelet\n{}",
+        dp.logs()
+    );
+    // Alive all the same: a liveness probe must not restart the daemon
+    // while the kubelet is away.
+    assert_eq!(get_when_up(&node, addr, "/livez"), Some(200));
+    world.kubelet.come_up();
+    world.kubelet.wait_registrations(1, SLOW).await;
+    let ready = Instant::now();
+    let mut code = None;
+    while ready.elapsed() < SLOW {
+        code = get_when_up(&node, addr, "/healthz");
+        if code == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(code, Some(200), "/healthz once registered\n{}", dp.logs());
+}
