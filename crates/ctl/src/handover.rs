@@ -283,9 +283,9 @@ pub fn run(
         json_mode,
     };
     let result = if args.libvirt {
-        session.libvirt(applied.took, &undo_command, &which)
+        session.libvirt(applied.took, &undo_command)
     } else {
-        session.supervise(applied.took, &undo_command, &which)
+        session.supervise(applied.took, &undo_command)
     };
     match result {
         Ok(code) => Ok(code),
@@ -394,12 +394,7 @@ impl Session<'_> {
         })
     }
 
-    fn supervise(
-        &self,
-        took: Duration,
-        undo_command: &str,
-        which: &str,
-    ) -> Result<ExitCode, HandoverError> {
+    fn supervise(&self, took: Duration, undo_command: &str) -> Result<ExitCode, HandoverError> {
         let lock = write_supervisor(
             &supervisor_path(self.store, &self.record.key),
             &SupervisorInfo {
@@ -408,7 +403,14 @@ impl Session<'_> {
                 undo_command: undo_command.into(),
             },
         );
-        let started = lock.and_then(|lock| self.start(took).map(|s| (lock, s)));
+        // A Ctrl-C during apply waited (blocked) until now: honour it
+        // before QEMU starts.
+        let started = lock.and_then(|lock| match wait_signal(Duration::ZERO) {
+            Some(sig) => Err(HandoverError::Usage(format!(
+                "signal {sig} arrived during the handover; QEMU was not started"
+            ))),
+            None => self.start(took).map(|s| (lock, s)),
+        });
         let (lock, (mut child, server, start)) = match started {
             Ok(s) => s,
             Err(error) => {
@@ -423,7 +425,6 @@ impl Session<'_> {
                 }
             }
         };
-        let _ = which;
         let (status, signal) = wait_child(&mut child);
         let ran = start.elapsed();
         let stats = server.map(|s| s.stop());
@@ -554,12 +555,7 @@ impl Session<'_> {
         Ok((child, server, start))
     }
 
-    fn libvirt(
-        &self,
-        took: Duration,
-        undo_command: &str,
-        _which: &str,
-    ) -> Result<ExitCode, HandoverError> {
+    fn libvirt(&self, took: Duration, undo_command: &str) -> Result<ExitCode, HandoverError> {
         let args = self.args;
         let r = self.record;
         let mut xml = String::from("<!-- the guest's NIC: add it to <devices> -->\n");
