@@ -703,3 +703,54 @@ fn libvirt_json_with_cmdline_reports_the_ip_argument() {
     assert_eq!(undo.json()["outcome"], "Restored");
     assert_eq!(c.snapshot(), before);
 }
+
+#[test]
+fn libvirt_with_dhcp_serves_until_sigterm_and_leaves_the_handover_applied() {
+    let c = Container::new("ho-virtd", 71);
+    let before = c.snapshot();
+    let out = std::fs::File::create(c.path("supervisor.out")).unwrap();
+    let err = std::fs::File::create(c.path("supervisor.err")).unwrap();
+    let mut sup = common::ChildGuard(
+        std::process::Command::new(common::ctl_path())
+            .args([
+                "--netns",
+                c.ctr.name(),
+                "handover",
+                "--libvirt",
+                "--deliver",
+                "dhcp",
+                "--state-dir",
+                &c.state_dir(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap(),
+    );
+    let serving = common::eventually(Duration::from_secs(10), || {
+        c.supervisor_output().1.contains("serving DHCP")
+    });
+    assert!(serving, "{:?}", c.supervisor_output());
+    assert!(c
+        .supervisor_output()
+        .0
+        .contains("<interface type='ethernet'>"));
+    let has_shim = || {
+        c.ctr
+            .links()
+            .iter()
+            .any(|l| l.kind.as_deref() == Some("macvlan"))
+    };
+    assert!(has_shim(), "no DHCP shim while serving");
+    // SAFETY: kill on the process we started.
+    unsafe { libc::kill(sup.pid() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut sup, Duration::from_secs(10)), Some(0));
+    assert!(c.supervisor_output().1.contains("DHCP server stopped"));
+    // The server and its shim are gone; the handover itself stays.
+    assert!(!has_shim());
+    assert!(c.ipv4().is_empty());
+    assert_eq!(c.ctr.macvtaps().len(), 1);
+    c.handover(&["--undo"]).ok();
+    assert_eq!(c.snapshot(), before);
+}
