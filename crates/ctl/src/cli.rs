@@ -21,6 +21,7 @@ use macvtap_net::{MacAddr, MacvtapMode};
 ///   macvtapctl qemu --interface mvtap0 -- -m 1G -drive file=disk.qcow2
 ///   macvtapctl doctor --interface mvtap0
 ///   macvtapctl --netns pod1 list --json # act inside /run/netns/pod1
+///   macvtapctl handover --pid 4242 -- -m 512 -kernel vmlinux   # a VM takes over a container's IP
 #[derive(Debug, Parser)]
 #[command(name = "macvtapctl", version, verbatim_doc_comment)]
 pub struct Cli {
@@ -62,6 +63,7 @@ pub enum Command {
     Qemu(QemuArgs),
     LibvirtXml(LibvirtArgs),
     Doctor(DoctorArgs),
+    Handover(HandoverArgs),
 }
 
 /// Create a macvtap on a lower device, up, and show it.
@@ -206,7 +208,9 @@ pub struct LibvirtArgs {
 /// or denied, a guest MAC that differs from the macvtap's (silent 100%
 /// loss), the guest using an IP the pod already has, the host unable to
 /// reach its guests in bridge mode, a lower device down or without carrier,
-/// and /dev/tap<ifindex> belonging to another namespace's macvtap.
+/// and /dev/tap<ifindex> belonging to another namespace's macvtap; and a
+/// `macvtapctl handover` half done (a record whose apply never finished, or
+/// whose supervisor is gone), with the `handover --undo` that fixes it.
 ///
 /// The guest MAC is taken from --guest-mac or from the command line of the
 /// QEMU process that holds the tap device. Exit status 1 when a problem is
@@ -228,6 +232,115 @@ pub struct DoctorArgs {
     /// The IPv4/IPv6 address the guest uses.
     #[arg(long, value_name = "IP")]
     pub guest_ip: Option<std::net::IpAddr>,
+    /// Where `macvtapctl handover` keeps its records (checked for a
+    /// handover half done).
+    #[arg(long, default_value = macvtap_state::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: String,
+}
+
+/// How the guest learns the identity it takes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Deliver {
+    /// A DHCPv4 server that answers only the guest's MAC, run by this
+    /// process on a shim macvlan next to the macvtap.
+    Dhcp,
+    /// A cloud-init NoCloud seed image (vfat, label cidata), attached read-only.
+    Nocloud,
+    /// The kernel's ip= argument, added to your -append (direct-kernel boots).
+    Cmdline,
+}
+
+/// Hand a container's network identity over to a VM, run the VM, give it back.
+///
+/// The container is named by --netns NAME|PATH (the global option: a name
+/// from `ip netns list` or a path such as /proc/PID/ns/net) or by --pid PID.
+/// macvtapctl then
+///   1. captures the addresses, routes, MTU (and DNS) of --interface and
+///      writes them to a durable record under --state-dir, before changing
+///      anything;
+///   2. makes a bridge-mode macvtap on that interface with --mac (or a
+///      generated MAC) and takes the addresses and routes off the interface;
+///   3. starts QEMU on the macvtap as `macvtapctl qemu` does (the tap opened
+///      by its device number, the NIC's MAC = the macvtap's), delivering the
+///      identity by --deliver, and stays as QEMU's supervising parent;
+///   4. when QEMU exits, or on Ctrl-C/SIGTERM/SIGHUP (forwarded to QEMU first),
+///      stops the DHCP server and undoes everything from the record.
+///
+/// From then on the VM answers at the container's address. QEMU runs in
+/// macvtapctl's own namespace; only its tap fd is the container's.
+///
+/// If the supervisor is killed (SIGKILL, a crash), the record stays:
+/// `macvtapctl handover --undo` with the same --netns/--pid and --interface
+/// restores the container from the record alone; `macvtapctl doctor
+/// --state-dir DIR` reports such a half-done handover.
+///
+/// --libvirt prints the libvirt pieces instead of starting QEMU (an
+/// <interface type='ethernet'> on the macvtap with its MAC, the seed disk for
+/// nocloud, the <cmdline> for cmdline) and leaves the handover applied; end it
+/// with --undo. libvirt must run in the container's namespace (it opens
+/// /dev/tap<ifindex> there). With --deliver dhcp and --libvirt, macvtapctl
+/// stays in the foreground as the DHCP server until Ctrl-C/SIGTERM, which stops
+/// the server and leaves the handover applied (the lease is infinite).
+///
+/// --json prints one JSON object per line on stdout: `{"event":"applied",...}`
+/// when the handover is done (and QEMU started), `{"event":"undone",...}` at
+/// the end.
+///
+/// Examples:
+///   macvtapctl handover --pid 4242 -- -m 512 -nographic -drive file=vm.qcow2,if=virtio
+///   macvtapctl --netns ctr1 handover --deliver cmdline -- \
+///       -kernel vmlinux -initrd initrd.img -append "console=ttyS0" -nographic
+///   macvtapctl handover --pid 4242 --deliver nocloud --mac 02:00:00:00:00:05 -- -m 1G -drive file=cloud.qcow2,if=virtio
+///   macvtapctl handover --pid 4242 --deliver nocloud --libvirt > pieces.xml
+///   macvtapctl handover --undo --pid 4242          # after a SIGKILL, or to end a --libvirt handover
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct HandoverArgs {
+    /// The container's process (its /proc/PID/ns/net); or use --netns.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<i32>,
+    /// The container interface whose identity the VM takes over.
+    #[arg(long, default_value = "eth0", value_name = "IF")]
+    pub interface: String,
+    #[arg(long, value_enum, default_value = "dhcp")]
+    pub deliver: Deliver,
+    /// The guest's (and macvtap's) MAC; default: a generated local unicast MAC.
+    #[arg(long, value_parser = parse_mac)]
+    pub mac: Option<MacAddr>,
+    /// Where the handover records live.
+    #[arg(long, default_value = macvtap_state::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: String,
+    /// resolv.conf whose name servers and search domains are handed over.
+    /// Default: with --pid the container's /etc/resolv.conf; with --netns NAME
+    /// /etc/netns/NAME/resolv.conf if it exists; otherwise none.
+    #[arg(long, value_name = "PATH")]
+    pub resolv_conf: Option<PathBuf>,
+    /// The guest's host name (DHCP option 12, NoCloud local-hostname, ip=).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// --deliver nocloud: where to write the seed image (default: next to
+    /// the record, removed by undo).
+    #[arg(long, value_name = "PATH")]
+    pub seed: Option<PathBuf>,
+    /// The QEMU binary.
+    #[arg(
+        long = "qemu",
+        default_value = "qemu-system-x86_64",
+        value_name = "BIN"
+    )]
+    pub qemu_bin: PathBuf,
+    /// Extra virtio-net-pci property (repeat it), e.g. romfile=.
+    #[arg(long = "device-opt", value_name = "KEY=VALUE")]
+    pub device_opts: Vec<String>,
+    /// Print libvirt domain pieces instead of running QEMU; the handover stays.
+    #[arg(long, conflicts_with = "undo")]
+    pub libvirt: bool,
+    /// Undo a handover from its record (a killed supervisor, a --libvirt handover).
+    #[arg(long)]
+    pub undo: bool,
+    /// Arguments for QEMU, after `--`.
+    #[arg(last = true, value_name = "QEMU_ARGS")]
+    pub qemu_args: Vec<String>,
 }
 
 fn parse_mode(s: &str) -> Result<MacvtapMode, String> {

@@ -190,6 +190,7 @@ pub fn run(scope: &Scope, args: &DoctorArgs) -> Result<Report, DoctorError> {
         }
         check_host_reach(&mut f, &mut nl, link, args.guest_ip);
     }
+    check_handovers(&mut f, &args.state_dir);
     let problems = f
         .list
         .iter()
@@ -200,6 +201,95 @@ pub fn run(scope: &Scope, args: &DoctorArgs) -> Result<Report, DoctorError> {
         problems,
         findings: f.list,
     })
+}
+
+/// A `macvtapctl handover` half done: a record whose apply never finished,
+/// or an applied one whose supervisor is gone (QEMU may run on, but nobody
+/// will give the container its identity back).
+fn check_handovers(f: &mut Findings, state_dir: &str) {
+    let records = match crate::handover::records(state_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            f.add(
+                "host",
+                "handover",
+                Status::Note,
+                format!("cannot read the handover records under {state_dir}: {e}"),
+                None,
+                None,
+            );
+            return;
+        }
+    };
+    for r in records {
+        let subject = r.interface.clone();
+        let netns = r.netns.display().to_string();
+        let undo = r
+            .supervisor
+            .as_ref()
+            .map(|(info, _)| info.undo_command.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "macvtapctl --netns {netns} handover --undo --interface {} --state-dir {state_dir}",
+                    r.interface
+                )
+            });
+        if !r.netns_alive {
+            f.add(
+                &subject,
+                "handover",
+                Status::Problem,
+                format!("record {} names a network namespace that is gone ({netns})", r.record.display()),
+                Some("everything the handover made went with the namespace; only the record is left, and it blocks nothing but itself".into()),
+                Some(format!("rm {}", r.record.display())),
+            );
+            continue;
+        }
+        let running = r.supervisor.as_ref().is_some_and(|(_, held)| *held);
+        let supervised = r
+            .supervisor
+            .as_ref()
+            .is_none_or(|(info, _)| info.supervised);
+        match r.phase {
+            macvtap_handover::Phase::Intent if !running => f.add(
+                &subject,
+                "handover",
+                Status::Problem,
+                format!("handover of {} in {netns} half done: the apply stopped before it finished", r.interface),
+                Some("the container may have lost its address and routes; the record has them".into()),
+                Some(undo),
+            ),
+            macvtap_handover::Phase::Applied if supervised && !running => f.add(
+                &subject,
+                "handover",
+                Status::Problem,
+                format!(
+                    "{} in {netns} is handed over but its supervisor{} is gone",
+                    r.interface,
+                    r.supervisor.as_ref().map(|(i, _)| format!(" (pid {})", i.pid)).unwrap_or_default()
+                ),
+                Some("nobody will give the container its identity back when the VM stops (a QEMU it started may still run: stop it first)".into()),
+                Some(undo),
+            ),
+            macvtap_handover::Phase::Applied if !supervised => f.add(
+                &subject,
+                "handover",
+                Status::Note,
+                format!("{} in {netns} is handed over for libvirt", r.interface),
+                None,
+                Some(format!("when the VM is gone: {undo}")),
+            ),
+            _ => f.ok(
+                &subject,
+                "handover",
+                format!(
+                    "{} in {netns} is handed over; its supervisor (pid {}) runs",
+                    r.interface,
+                    r.supervisor.as_ref().map(|(i, _)| i.pid).unwrap_or(0)
+                ),
+            ),
+        }
+    }
 }
 
 fn check_dev_mount(f: &mut Findings) {

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod doctor;
+pub mod handover;
 mod host;
 pub mod iface;
 pub mod libvirt;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use macvtapctl::cli::{Cli, Command};
 use macvtapctl::scope::{Scope, ScopeError};
-use macvtapctl::{doctor, libvirt, links, qemu};
+use macvtapctl::{doctor, handover, libvirt, links, qemu};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,8 @@ enum CtlError {
     Libvirt(#[from] libvirt::LibvirtError),
     #[error(transparent)]
     Doctor(#[from] doctor::DoctorError),
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -80,6 +82,7 @@ fn run(cli: &Cli) -> Result<ExitCode, CtlError> {
         }
         Command::Qemu(args) => qemu::run(&scope()?, args)?,
         Command::LibvirtXml(args) => print!("{}", libvirt::run(&scope()?, args)?),
+        Command::Handover(args) => return Ok(handover::run(cli.netns.as_deref(), cli.json, args)?),
         Command::Doctor(args) => {
             let report = doctor::run(&scope()?, args)?;
             if cli.json {

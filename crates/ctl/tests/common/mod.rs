@@ -2,6 +2,8 @@
 //! tests make with macvtap-testkit.
 #![allow(dead_code, unused_imports)] // each test file uses its own part
 
+pub mod container;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
