@@ -1034,6 +1034,13 @@ fn no_reply_story(
         // A QEMU guest's MAC is read from its command line; the stand-in has none.
         guest_mac: made.vm.is_none().then_some(guest_mac),
         guest_ip: None,
+        // The lab's own state, not the host's: no handover of the lab's is
+        // in it, and none of the host's belongs in the lab's story.
+        state_dir: made
+            .dir
+            .as_ref()
+            .map(|d| d.path().join("state").display().to_string())
+            .unwrap_or_default(),
     };
     match doctor::run(pod, &doctor_args) {
         Ok(report) => {
