@@ -8,6 +8,7 @@
 //! to learn whether the supervisor is gone (a lock dies with its process,
 //! whatever killed it; a pid could be reused).
 
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -182,27 +183,19 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The signals the supervisor handles itself.
-fn supervisor_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
+fn supervisor_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
     }
+    set
 }
 
 /// Block SIGINT/SIGTERM/SIGHUP in this thread (and the threads it starts
 /// later), so that they are taken with `sigtimedwait` and never kill the
 /// supervisor before it has undone the handover.
 fn block_signals() {
-    let set = supervisor_signals();
-    // SAFETY: changes this thread's signal mask only.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    let _ = supervisor_signals().thread_block();
 }
 
 /// A pending handled signal, waiting at most `timeout`.
@@ -213,7 +206,7 @@ fn wait_signal(timeout: Duration) -> Option<i32> {
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: the set is initialised, the info pointer may be null.
-    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
     (sig > 0).then_some(sig)
 }
 
@@ -516,13 +509,12 @@ impl Session<'_> {
         }
         let start = Instant::now();
         let child = qemu::spawn(&plan, |cmd| {
-            // SAFETY: sigprocmask is async-signal-safe; QEMU starts with
-            // the signals this process blocked for itself unblocked.
+            // SAFETY: the closure only calls sigprocmask (async-signal-safe,
+            // no allocation): QEMU starts with the signals this process
+            // blocked for itself unblocked.
             unsafe {
                 cmd.pre_exec(|| {
-                    let mut empty: libc::sigset_t = std::mem::zeroed();
-                    libc::sigemptyset(&mut empty);
-                    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
                     Ok(())
                 });
             }

@@ -190,17 +190,21 @@ pub fn command(plan: &QemuPlan) -> Command {
     let mut cmd = Command::new(&plan.program);
     cmd.args(&plan.args);
     let fds: Vec<RawFd> = plan.fds.iter().map(AsRawFd::as_raw_fd).collect();
-    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on
-    // fds that stay open in the parent until the child has exec'd.
-    unsafe {
-        cmd.pre_exec(move || {
-            for &fd in &fds {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+    // Runs in the child between fork and exec: fcntl only (async-signal-safe,
+    // no allocation).
+    let keep_fds_across_exec = move || {
+        for &fd in &fds {
+            // SAFETY: fcntl on an fd the parent keeps open until the child
+            // has exec'd; no memory is involved.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            Ok(())
-        });
+        }
+        Ok(())
+    };
+    // SAFETY: the closure is async-signal-safe (see above).
+    unsafe {
+        cmd.pre_exec(keep_fds_across_exec);
     }
     cmd
 }

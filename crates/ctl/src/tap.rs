@@ -123,16 +123,16 @@ pub fn open_node_as(path: &Path, uid: u32, gid: u32, name: &str) -> Result<Owned
     let reopen = format!("/proc/self/fd/{}", located.as_raw_fd());
     let opened = std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setfsgid/setfsuid change this thread's filesystem
-            // identity only; the thread ends right after.
-            unsafe {
-                libc::setfsgid(gid);
-                libc::setfsuid(uid);
-                // They return the previous value; asking again tells
-                // whether the change took.
-                if libc::setfsuid(uid) as u32 != uid || libc::setfsgid(gid) as u32 != gid {
-                    return Err(io::Error::other("setfsuid/setfsgid did not take"));
-                }
+            // This thread's filesystem identity only; the thread ends right
+            // after. They return the previous value: asking again tells
+            // whether the change took.
+            use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+            setfsgid(Gid::from_raw(gid));
+            setfsuid(Uid::from_raw(uid));
+            if setfsuid(Uid::from_raw(uid)).as_raw() != uid
+                || setfsgid(Gid::from_raw(gid)).as_raw() != gid
+            {
+                return Err(io::Error::other("setfsuid/setfsgid did not take"));
             }
             OpenOptions::new()
                 .read(true)
@@ -167,8 +167,10 @@ fn open_through_private_node(
 ) -> Result<Vec<OwnedFd>, TapError> {
     let dir = PrivateDir::new(base).map_err(TapError::Node)?;
     let node = dir.path().join("tap");
-    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     make_device_node(&node, dev, uid, gid).map_err(TapError::NodeKernel)?;
     (0..queues)
         .map(|queue| {
