@@ -8,10 +8,11 @@
 //! to learn whether the supervisor is gone (a lock dies with its process,
 //! whatever killed it; a pid could be reused).
 
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::unistd::Pid;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -93,11 +94,11 @@ pub fn default_seed_path(store: &Store, key: &RecordKey) -> PathBuf {
 
 /// The supervisor file, locked for as long as this value lives.
 struct SupervisorLock {
-    _file: File,
+    _file: Flock<File>,
 }
 
 fn write_supervisor(path: &Path, info: &SupervisorInfo) -> Result<SupervisorLock, HandoverError> {
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
@@ -105,12 +106,8 @@ fn write_supervisor(path: &Path, info: &SupervisorInfo) -> Result<SupervisorLock
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(io_err(format!("write {}", path.display())))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(io_err(format!("lock {}", path.display()))(
-            io::Error::last_os_error(),
-        ));
-    }
+    let mut file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| io_err(format!("lock {}", path.display()))(e.into()))?;
     let text = serde_json::to_string(info).map_err(|e| io_err("encode")(e.into()))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
@@ -126,8 +123,8 @@ pub fn read_supervisor(path: &Path) -> Option<(SupervisorInfo, bool)> {
         .open(path)
         .ok()?;
     let info: SupervisorInfo = serde_json::from_reader(&file).ok()?;
-    // SAFETY: flock on an fd we own; the lock (if taken) dies with `file`.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    // Free if a shared lock can be taken (it dies with this call).
+    let free = Flock::lock(file, FlockArg::LockSharedNonblock).is_ok();
     Some((info, !free))
 }
 
@@ -653,9 +650,8 @@ fn wait_child(child: &mut Child) -> (Option<std::process::ExitStatus>, Option<i3
             Err(_) => return (None, forwarded.map(|f| f.0)),
         }
         if let Some(sig) = wait_signal(Duration::from_millis(50)) {
-            // SAFETY: kill on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, sig);
+            if let Ok(sig) = Signal::try_from(sig) {
+                let _ = kill(Pid::from_raw(child.id() as i32), sig);
             }
             forwarded.get_or_insert((sig, Instant::now()));
         }

@@ -189,20 +189,28 @@ fn open_through_private_node(
         .collect()
 }
 
+// TUNGETIFF is declared `_IOR('T', 210, unsigned int)` but fills a whole
+// `struct ifreq`: the request number from the declaration, the pointer type
+// from what the kernel writes.
+nix::ioctl_read_bad!(
+    tun_get_iff,
+    nix::request_code_read!(b'T', 210, std::mem::size_of::<libc::c_uint>()),
+    libc::ifreq
+);
+
 /// The interface name behind an open tap fd (`TUNGETIFF`).
 pub fn tap_interface_name(fd: &impl AsRawFd) -> io::Result<String> {
-    // _IOR('T', 210, unsigned int)
-    const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
-    // struct ifreq: a 16-byte name, then a 24-byte union (flags here).
-    let mut ifreq = [0u8; 40];
-    // SAFETY: TUNGETIFF writes at most sizeof(struct ifreq) = 40 bytes.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF as _, ifreq.as_mut_ptr()) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let name = &ifreq[..16];
-    let len = name.iter().position(|&b| b == 0).unwrap_or(16);
-    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF writes one struct ifreq into the one we pass.
+    unsafe { tun_get_iff(fd.as_raw_fd(), &mut ifreq) }?;
+    let name: Vec<u8> = ifreq
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok(String::from_utf8_lossy(&name).into_owned())
 }
 
 /// A directory only root can enter, removed with whatever is in it.
@@ -241,8 +249,7 @@ mod tests {
 
     #[test]
     fn open_node_as_obeys_the_owner_and_mode_not_roots_override() {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test runs as root");
+        assert!(nix::unistd::geteuid().is_root(), "this test runs as root");
         let dir = PrivateDir::new(&std::env::temp_dir()).unwrap();
         // root:root 0660: root could open it, uid 107 must not.
         let roots = dir.path().join("roots");
