@@ -28,7 +28,7 @@ use macvtap_net::{create_veth_pair, MacAddr, NodeInfo};
 use serde::Serialize;
 use serde_json::json;
 
-use self::cni::{Attachment, CniError};
+use self::cni::{Attachment, PluginCallError};
 use self::dp::DevicePluginReport;
 use self::guest::{Ensured, GuestError};
 use self::kubelet::{Event, KubeletStandIn};
@@ -71,7 +71,7 @@ pub enum LabError {
     #[error("device plugin: {0}")]
     DevicePlugin(String),
     #[error(transparent)]
-    Cni(#[from] CniError),
+    Cni(#[from] PluginCallError),
     #[error(transparent)]
     Scope(#[from] ScopeError),
     #[error(transparent)]
