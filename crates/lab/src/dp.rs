@@ -9,16 +9,17 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use macvtap_net::{MacAddr, NodeInfo};
+use macvtap_net::NodeInfo;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::kubelet::{Allocation, Event, KubeletStandIn};
-use crate::{check_signal, ms, CniCall, LabError, Made, Say, Timings, POD_IF, UPLINK};
+use crate::{
+    check_signal, ms, sandbox_id, CniCall, Ctx, LabError, Made, Say, World, POD_IF, UPLINK,
+};
 use macvtap_testkit::device_plugin::DaemonCmd;
 use macvtapctl::iface::InterfaceInfo;
 use macvtapctl::links;
-use macvtapctl::scope::Scope;
 use macvtapctl::tap;
 
 /// The resource the lab offers: the seeds' `dataplane` on the uplink.
@@ -83,20 +84,14 @@ pub struct Attached {
 
 /// Start the kubelet stand-in and the daemon, wait for the allocation,
 /// attach the pod, check it.
-#[allow(clippy::too_many_arguments)]
-pub fn attach(
+pub(crate) fn attach(
+    ctx: &mut Ctx,
+    world: &World,
     binary: &Path,
-    keep: bool,
-    node: &Scope,
-    pod: &Scope,
-    dir: &Path,
     plugin: &Path,
-    sandbox_id: &str,
-    mac: MacAddr,
-    say: Say,
-    made: &mut Made,
-    timings: &mut Timings,
 ) -> Result<Attached, LabError> {
+    let (say, node, pod, dir, mac) = (ctx.say, &world.node, &world.pod, &world.dir, world.mac);
+    let sandbox_id = &sandbox_id(world.nonce);
     let conf = json!([{
         "name": RESOURCE,
         "lowerDevice": UPLINK,
@@ -117,7 +112,7 @@ pub fn attach(
         extra_args: vec![],
         log: Some(log.clone()),
         own_process_group: true,
-        dies_with_us: !keep,
+        dies_with_us: !ctx.args.keep,
     };
     let kubelet = KubeletStandIn::start(&launch.plugin_dir).map_err(|e| {
         LabError::DevicePlugin(format!(
@@ -125,7 +120,7 @@ pub fn attach(
             launch.plugin_dir.join("kubelet.sock").display()
         ))
     })?;
-    let kubelet = made.kubelet.insert(kubelet);
+    let kubelet = ctx.made.kubelet.insert(kubelet);
     say.line(format!(
         "== kubelet stand-in: Registration on {}",
         kubelet.dir().join("kubelet.sock").display()
@@ -133,7 +128,7 @@ pub fn attach(
     let daemon = launch
         .try_spawn()
         .map_err(|e| LabError::DevicePlugin(format!("cannot start {}: {e}", binary.display())))?;
-    let daemon = made.daemon.insert(daemon);
+    let daemon = ctx.made.daemon.insert(daemon);
     say.line(format!(
         "== device plugin {} (pid {}) in {}: DP_MACVTAP_CONF={conf}",
         binary.display(),
@@ -147,7 +142,8 @@ pub fn attach(
         launch.pod_resources.display()
     ));
 
-    let got = await_allocation(made, say)?;
+    let got = await_allocation(ctx.made, say)?;
+    let timings = &mut ctx.timings;
     timings.registration_ms = Some(ms(got.registered_at - got.started));
     timings.devices_healthy_ms = Some(ms(got.healthy_at - got.registered_at));
     timings.preferred_allocation_ms = got.allocation.preferred_took.map(ms);
@@ -212,7 +208,7 @@ pub fn attach(
         args: cni_args.clone(),
         state_dir: &launch.state_dir,
     };
-    cni.add(&config, say, made, timings)?;
+    cni.add(&config, ctx)?;
     check_signal()?;
 
     // The pod got what the DeviceSpec promised.
