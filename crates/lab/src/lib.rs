@@ -6,6 +6,7 @@
 //! a real guest boots on the pod's macvtap (or a stand-in answers), and
 //! the LAN proves ping, TCP and HTTP.
 
+mod admission;
 pub mod cli;
 pub mod cni;
 mod cpio;
@@ -13,7 +14,6 @@ mod daemon;
 mod dp;
 mod elf;
 pub mod guest;
-mod kubelet;
 mod probe;
 mod signals;
 mod vm;
@@ -29,10 +29,10 @@ use macvtap_net::{create_veth_pair, MacAddr, NodeInfo};
 use serde::Serialize;
 use serde_json::json;
 
+use self::admission::KubeletSide;
 use self::cni::{Attachment, PluginCallError};
 use self::dp::DevicePluginReport;
 use self::guest::{Ensured, GuestError};
-use self::kubelet::{Event, KubeletStandIn};
 use self::probe::{Pinger, ProbeError};
 use self::vm::Vm;
 use self::world::{LabDir, Namespaces};
@@ -239,7 +239,7 @@ pub(crate) struct Made {
     standin: Option<GuestStandIn>,
     attachment: Option<Attachment>,
     daemon: Option<Daemon>,
-    kubelet: Option<KubeletStandIn>,
+    kubelet: Option<KubeletSide>,
     namespaces: Namespaces,
     dir: Option<LabDir>,
 }
@@ -913,11 +913,8 @@ impl Ctx<'_> {
     ) -> LabReport {
         let mut device_plugin = attached.device_plugin;
         if let (Some(r), Some(k)) = (&mut device_plugin, &self.made.kubelet) {
-            r.list_updates += k
-                .drain()
-                .iter()
-                .filter(|e| matches!(e, Event::Devices { .. }))
-                .count();
+            // The kubelet never stops watching: every list until now.
+            r.list_updates = k.lists_received();
         }
         let report = LabReport {
             tag: world.tag,
