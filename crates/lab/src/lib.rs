@@ -35,9 +35,9 @@ use self::dp::DevicePluginReport;
 use self::guest::{Ensured, GuestError};
 use self::probe::{Pinger, ProbeError};
 use self::vm::Vm;
-use self::world::{LabDir, Namespaces};
+use self::world::Namespaces;
 use macvtap_testkit::device_plugin::{Daemon, Stopped};
-use macvtap_testkit::GuestStandIn;
+use macvtap_testkit::{GuestStandIn, TempDir};
 use macvtapctl::cli::{DoctorArgs, VhostChoice};
 use macvtapctl::doctor::{self, Status};
 use macvtapctl::iface::InterfaceInfo;
@@ -241,7 +241,7 @@ pub(crate) struct Made {
     daemon: Option<Daemon>,
     kubelet: Option<KubeletSide>,
     namespaces: Namespaces,
-    dir: Option<LabDir>,
+    dir: Option<TempDir>,
 }
 
 /// What the ordered removal met.
@@ -602,7 +602,8 @@ impl Ctx<'_> {
         let say = self.say;
         let nonce = nonce();
         let tag = format!("mvlab-{}-{:04x}", std::process::id(), nonce & 0xffff);
-        let dir = LabDir::new().map_err(|e| setup_err("lab directory")(e.to_string()))?;
+        let dir = TempDir::create(&std::env::temp_dir().join("macvtapctl-lab-"))
+            .map_err(|e| setup_err("lab directory")(e.to_string()))?;
         let dir_path = dir.path().to_path_buf();
         self.made.dir = Some(dir);
         say.line(format!("== lab directory {}", dir_path.display()));

@@ -6,21 +6,22 @@ use std::fmt;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::thread::sleep;
-use std::time::Duration;
 
+use macvtap_net::NetNs;
 use serde_json::Value;
 
 use crate::inspect::Link;
 use crate::names::require_root;
 
-/// A network namespace made with `ip netns add`; `ip netns del` on drop
-/// (which also destroys every link inside it).
+/// A named network namespace, `/run/netns/<name>`, made and deleted
+/// through macvtap-net (as the lab makes its own); deleted on drop (which
+/// also destroys every link inside it) unless kept.
 #[derive(Debug)]
 pub struct Netns {
     name: String,
     view: NsView,
-    deleted: bool,
+    /// Deleted already, or kept: drop leaves it alone.
+    done: bool,
 }
 
 /// A namespace is inspected like any other: `lab.pod.links()` reads
@@ -34,53 +35,49 @@ impl Deref for Netns {
 }
 
 impl Netns {
-    /// Creates `/run/netns/<name>`. Retries a few times because concurrent
-    /// `ip netns add` calls can race while /run/netns is first being mounted.
+    /// Creates `/run/netns/<name>` with `lo` up, as a pod's; panics when it
+    /// cannot.
     pub fn new(name: &str) -> Netns {
         require_root();
-        let mut last = String::new();
-        for _ in 0..5 {
-            let out = run(Command::new("ip").args(["netns", "add", name]));
-            if out.status.success() {
-                let ns = Netns::adopt(name);
-                // Bring up lo so local addresses behave as in a real pod.
-                ns.ip_ok(&["link", "set", "lo", "up"]);
-                return ns;
-            }
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            if PathBuf::from("/run/netns").join(name).exists() {
-                // Created by a half-failed attempt of ours; adopt it.
-                return Netns::adopt(name);
-            }
-            sleep(Duration::from_millis(20));
-        }
-        panic!("ip netns add {name} failed: {last}");
+        let ns = Netns::create(name).unwrap_or_else(|e| panic!("cannot create netns {name}: {e}"));
+        ns.ip_ok(&["link", "set", "lo", "up"]);
+        ns
     }
 
-    fn adopt(name: &str) -> Netns {
-        Netns {
+    /// Creates `/run/netns/<name>` (nothing up), for callers that must not
+    /// panic (the lab).
+    pub fn create(name: &str) -> macvtap_net::Result<Netns> {
+        NetNs::create_named(name)?;
+        Ok(Netns {
             name: name.to_string(),
             view: NsView::named(name),
-            deleted: false,
-        }
+            done: false,
+        })
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Leave the namespace in place when this is dropped.
+    pub fn keep(&mut self) {
+        self.done = true;
+    }
+
+    /// Deletes the namespace now; drop then does nothing.
+    pub fn remove(&mut self) -> macvtap_net::Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        NetNs::delete_named(&self.name)
+    }
+
     /// Deletes the namespace now (e.g. to test DEL after the sandbox is
-    /// gone); drop then does nothing.
+    /// gone), panicking when it cannot; drop then does nothing.
     pub fn delete(&mut self) {
-        if !self.deleted {
-            let out = run(Command::new("ip").args(["netns", "del", &self.name]));
-            assert!(
-                out.status.success(),
-                "ip netns del {} failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            self.deleted = true;
+        if let Err(e) = self.remove() {
+            panic!("cannot delete netns {}: {e}", self.name);
         }
     }
 }
@@ -313,15 +310,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if !self.deleted {
-            let out = run(Command::new("ip").args(["netns", "del", &self.name]));
-            if !out.status.success() {
-                eprintln!(
-                    "warning: ip netns del {} failed: {}",
-                    self.name,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+        if let Err(e) = self.remove() {
+            eprintln!("warning: cannot delete netns {}: {e}", self.name);
         }
     }
 }
