@@ -21,10 +21,10 @@ use macvtap_testkit::device_plugin as common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use macvtap_testkit::NsView;
 use serde_json::{json, Value};
 use support::containerd::Containerd;
 use support::cri::{v1, Cri};
-use support::nspath::NsPath;
 use support::*;
 
 const IMAGE: &str = "localhost/macvtap-e2e-busybox:latest";
@@ -167,7 +167,7 @@ async fn containerd_pod_gets_the_allocated_macvtap_and_its_device_and_removal_le
         pod_ip.starts_with(&format!("{SUBNET}.")),
         "the pod has no host-local address: {pod_ip:?}"
     );
-    let pod = NsPath::new(&netns);
+    let pod = NsView::at_path(&netns);
 
     // The macvtap inside the pod, with the ifindex Allocate promised.
     let link = pod.expect_link("eth0");
@@ -180,7 +180,7 @@ async fn containerd_pod_gets_the_allocated_macvtap_and_its_device_and_removal_le
     );
     assert_eq!(link.mtu, 1500, "{}", link.json);
     assert!(link.is_up(), "{}", link.json);
-    assert_eq!(pod.ipv4_cidrs("eth0"), vec![format!("{pod_ip}/24")]);
+    assert_eq!(pod.addr_cidrs("eth0", "inet"), vec![format!("{pod_ip}/24")]);
     let nsid = link
         .link_netnsid
         .unwrap_or_else(|| panic!("eth0's lower device is not outside the pod: {}", link.json));
@@ -363,7 +363,7 @@ async fn containerd_pod_gets_the_allocated_macvtap_and_its_device_and_removal_le
         measured("containerd RunPodSandbox, per pod (wall)", took);
         measured("plugin ADD inside RunPodSandbox", cni.add_of(&id).elapsed);
         let (_, netns) = sandbox_network(&mut cri, &id).await;
-        let pod = NsPath::new(&netns);
+        let pod = NsView::at_path(&netns);
         let link = pod.expect_link("eth0");
         assert_eq!(link.ifindex, ifindex, "round {round}: {}", link.json);
         let st = DeviceNode::stat(Path::new(&spec.host_path))

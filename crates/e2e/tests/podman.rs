@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use macvtap_net::MacAddr;
 use macvtap_testkit::GuestStandIn;
+use macvtap_testkit::NsView;
 use serde_json::{json, Value};
-use support::nspath::NsPath;
 use support::podman::Podman;
 use support::*;
 
@@ -55,7 +55,7 @@ struct Attached {
     id: String,
     mac: String,
     ip: String,
-    netns: NsPath,
+    netns: NsView,
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn podman_run_gets_a_macvtap_with_its_mac_and_address_and_rm_leaves_nothing() {
             id,
             mac,
             ip,
-            netns: NsPath::new(sandbox),
+            netns: NsView::at_path(sandbox),
         });
     }
     measured("podman run -d, median of 3 (wall)", median(run_times));
@@ -192,7 +192,7 @@ fn check_attachment(lab: &Lab, c: &Attached) {
     assert_eq!(link.mac, c.mac, "{}: eth0 has another MAC", c.name);
     assert!(link.is_up(), "{}: eth0 is down: {}", c.name, link.json);
     assert_eq!(
-        c.netns.ipv4_cidrs("eth0"),
+        c.netns.addr_cidrs("eth0", "inet"),
         vec![format!("{}/24", c.ip)],
         "{}: eth0's addresses",
         c.name

@@ -14,7 +14,7 @@ use serde_json::Value;
 const CNI_BIN_DIRS: [&str; 2] = ["/opt/cni/bin", "/usr/lib/cni"];
 
 #[derive(Debug, thiserror::Error)]
-pub enum CniError {
+pub enum PluginCallError {
     #[error(
         "the macvtap CNI plugin was not found (looked at {0}); build it next to macvtap-lab \
          with ./scripts/build-release, or pass --cni-plugin PATH"
@@ -31,12 +31,12 @@ pub enum CniError {
 
 /// The plugin binary: `--cni-plugin`, else `macvtap` next to this
 /// executable, else in the usual CNI directories.
-pub fn find_plugin(given: Option<&Path>) -> Result<PathBuf, CniError> {
+pub fn find_plugin(given: Option<&Path>) -> Result<PathBuf, PluginCallError> {
     if let Some(path) = given {
         return if path.is_file() {
             Ok(path.to_path_buf())
         } else {
-            Err(CniError::NotFound(path.display().to_string()))
+            Err(PluginCallError::NotFound(path.display().to_string()))
         };
     }
     let mut candidates = Vec::new();
@@ -52,7 +52,7 @@ pub fn find_plugin(given: Option<&Path>) -> Result<PathBuf, CniError> {
         .find(|p| p.is_file())
         .cloned()
         .ok_or_else(|| {
-            CniError::NotFound(
+            PluginCallError::NotFound(
                 candidates
                     .iter()
                     .map(|p| p.display().to_string())
@@ -82,8 +82,8 @@ impl Attachment {
         node_netns: &Path,
         env: Vec<(&'static str, String)>,
         config: &Value,
-    ) -> Result<(Attachment, Value, Duration), CniError> {
-        let node = NetNs::open(node_netns).map_err(|e| CniError::Run {
+    ) -> Result<(Attachment, Value, Duration), PluginCallError> {
+        let node = NetNs::open(node_netns).map_err(|e| PluginCallError::Run {
             plugin: plugin.to_path_buf(),
             detail: e.to_string(),
         })?;
@@ -105,7 +105,7 @@ impl Attachment {
         self.keep = true;
     }
 
-    pub fn del(&mut self) -> Result<(), CniError> {
+    pub fn del(&mut self) -> Result<(), PluginCallError> {
         if !self.active {
             return Ok(());
         }
@@ -113,8 +113,8 @@ impl Attachment {
         self.call("DEL").map(|_| ())
     }
 
-    fn call(&self, command: &'static str) -> Result<(Value, Duration), CniError> {
-        let run_err = |detail: String| CniError::Run {
+    fn call(&self, command: &'static str) -> Result<(Value, Duration), PluginCallError> {
+        let run_err = |detail: String| PluginCallError::Run {
             plugin: self.plugin.clone(),
             detail,
         };
@@ -185,7 +185,7 @@ impl Attachment {
                     format!("code {code}: {m} {details}").trim_end().to_string()
                 })
                 .unwrap_or_else(|| format!("{status}: {} {}", stdout.trim(), stderr.trim()));
-            return Err(CniError::Failed {
+            return Err(PluginCallError::Failed {
                 command,
                 detail: msg,
             });

@@ -9,16 +9,18 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use macvtap_net::{MacAddr, NodeInfo};
+use macvtap_net::NodeInfo;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::kubelet::{Allocation, Event, KubeletStandIn};
-use crate::{check_signal, ms, CniCall, LabError, Made, Say, Timings, POD_IF, UPLINK};
-use macvtap_testkit::device_plugin::DaemonCmd;
+use crate::admission::KubeletSide;
+use crate::{
+    check_signal, ms, sandbox_id, CniCall, Ctx, LabError, Made, Say, World, POD_IF, UPLINK,
+};
+use macvtap_deviceplugin::proto::deviceplugin::ContainerAllocateResponse;
+use macvtap_testkit::device_plugin::{Daemon, DaemonCmd};
 use macvtapctl::iface::InterfaceInfo;
 use macvtapctl::links;
-use macvtapctl::scope::Scope;
 use macvtapctl::tap;
 
 /// The resource the lab offers: the seeds' `dataplane` on the uplink.
@@ -83,20 +85,14 @@ pub struct Attached {
 
 /// Start the kubelet stand-in and the daemon, wait for the allocation,
 /// attach the pod, check it.
-#[allow(clippy::too_many_arguments)]
-pub fn attach(
+pub(crate) fn attach(
+    ctx: &mut Ctx,
+    world: &World,
     binary: &Path,
-    keep: bool,
-    node: &Scope,
-    pod: &Scope,
-    dir: &Path,
     plugin: &Path,
-    sandbox_id: &str,
-    mac: MacAddr,
-    say: Say,
-    made: &mut Made,
-    timings: &mut Timings,
 ) -> Result<Attached, LabError> {
+    let (say, node, pod, dir, mac) = (ctx.say, &world.node, &world.pod, &world.dir, world.mac);
+    let sandbox_id = &sandbox_id(world.nonce);
     let conf = json!([{
         "name": RESOURCE,
         "lowerDevice": UPLINK,
@@ -117,15 +113,15 @@ pub fn attach(
         extra_args: vec![],
         log: Some(log.clone()),
         own_process_group: true,
-        dies_with_us: !keep,
+        dies_with_us: !ctx.args.keep,
     };
-    let kubelet = KubeletStandIn::start(&launch.plugin_dir).map_err(|e| {
+    let kubelet = KubeletSide::start(&launch.plugin_dir).map_err(|e| {
         LabError::DevicePlugin(format!(
             "cannot serve the kubelet stand-in on {}: {e}",
             launch.plugin_dir.join("kubelet.sock").display()
         ))
     })?;
-    let kubelet = made.kubelet.insert(kubelet);
+    let kubelet = ctx.made.kubelet.insert(kubelet);
     say.line(format!(
         "== kubelet stand-in: Registration on {}",
         kubelet.dir().join("kubelet.sock").display()
@@ -133,7 +129,7 @@ pub fn attach(
     let daemon = launch
         .try_spawn()
         .map_err(|e| LabError::DevicePlugin(format!("cannot start {}: {e}", binary.display())))?;
-    let daemon = made.daemon.insert(daemon);
+    let daemon = ctx.made.daemon.insert(daemon);
     say.line(format!(
         "== device plugin {} (pid {}) in {}: DP_MACVTAP_CONF={conf}",
         binary.display(),
@@ -147,7 +143,8 @@ pub fn attach(
         launch.pod_resources.display()
     ));
 
-    let got = await_allocation(made, say)?;
+    let got = await_allocation(ctx.made, say)?;
+    let timings = &mut ctx.timings;
     timings.registration_ms = Some(ms(got.registered_at - got.started));
     timings.devices_healthy_ms = Some(ms(got.healthy_at - got.registered_at));
     timings.preferred_allocation_ms = got.allocation.preferred_took.map(ms);
@@ -212,7 +209,7 @@ pub fn attach(
         args: cni_args.clone(),
         state_dir: &launch.state_dir,
     };
-    cni.add(&config, say, made, timings)?;
+    cni.add(&config, ctx)?;
     check_signal()?;
 
     // The pod got what the DeviceSpec promised.
@@ -323,6 +320,17 @@ pub fn attach(
     })
 }
 
+/// One device allocated to one container, as the kubelet got it.
+struct Allocation {
+    device_id: String,
+    /// The plugin's preferred choice, when it offers one.
+    preferred: Option<Vec<String>>,
+    preferred_took: Option<Duration>,
+    response: ContainerAllocateResponse,
+    /// The Allocate call, round trip.
+    took: Duration,
+}
+
 /// What the kubelet stand-in saw up to the allocation.
 struct Got {
     pid: u32,
@@ -337,123 +345,163 @@ struct Got {
     allocation: Allocation,
 }
 
-/// Follow the stand-in's events until Allocate answered, watching the
-/// daemon and the signals meanwhile.
+/// How long the lab's thread waits on the kubelet side at a time before it
+/// looks at the daemon and the signals again.
+const SLICE: Duration = Duration::from_millis(20);
+
+/// Admit the pod as the kubelet does (registration, ListAndWatch until
+/// Healthy, GetPreferredAllocation, Allocate), watching the daemon and the
+/// signals meanwhile.
 fn await_allocation(made: &mut Made, say: Say) -> Result<Got, LabError> {
-    let (Some(kubelet), Some(daemon)) = (made.kubelet.as_ref(), made.daemon.as_mut()) else {
+    let (Some(kubelet), Some(daemon)) = (made.kubelet.as_mut(), made.daemon.as_mut()) else {
         return Err(LabError::DevicePlugin("not started".into()));
     };
     let started = daemon.started;
     let deadline = started + KUBELET_TIMEOUT;
-    let mut registered: Option<(Instant, String, String, String)> = None;
-    let mut healthy: Option<(Instant, usize)> = None;
-    let mut list_updates = 0;
-    loop {
-        check_signal()?;
-        if let Some(status) = daemon.try_status() {
+    let failed = |daemon: &Daemon, why: String| {
+        LabError::DevicePlugin(format!(
+            "the kubelet stand-in: {why}\n{}",
+            daemon.log_tail()
+        ))
+    };
+
+    let registered = loop {
+        still_waiting(daemon, deadline, "it never registered")?;
+        match kubelet.registration(SLICE) {
+            Ok(Some(r)) => break r,
+            Ok(None) => {}
+            Err(why) => return Err(failed(daemon, why)),
+        }
+    };
+    let request = &registered.request;
+    let options = match (&registered.refused, &registered.dial_back) {
+        (None, Ok(options)) => *options,
+        (why, dial_back) => {
+            let why = why
+                .clone()
+                .or_else(|| dial_back.as_ref().err().cloned())
+                .unwrap_or_default();
             return Err(LabError::DevicePlugin(format!(
-                "the daemon exited ({status}) before the kubelet stand-in allocated a device\n{}",
+                "the kubelet stand-in refused the registration of {:?}: {why}\n{}",
+                request.resource_name,
                 daemon.log_tail()
             )));
         }
-        let event = kubelet
-            .next_event(Duration::from_millis(20))
-            .map_err(LabError::DevicePlugin)?;
-        match event {
-            Some(Event::Registered {
-                request,
-                at,
-                options,
-            }) => {
-                say.line(format!(
-                    "   registered {} ({}, endpoint {}, options {{pre_start_required: {}, get_preferred_allocation_available: {}}}) {:.1} ms after the daemon started",
-                    request.resource_name,
-                    request.version,
-                    request.endpoint,
-                    options.pre_start_required,
-                    options.get_preferred_allocation_available,
-                    ms(at - started)
-                ));
-                registered.get_or_insert((
-                    at,
-                    request.resource_name,
-                    request.endpoint,
-                    request.version,
-                ));
-            }
-            Some(Event::Refused { request, why }) => {
-                return Err(LabError::DevicePlugin(format!(
-                    "the kubelet stand-in refused the registration of {:?}: {why}\n{}",
-                    request.resource_name,
-                    daemon.log_tail()
-                )))
-            }
-            Some(Event::Devices { at, devices }) => {
-                list_updates += 1;
-                let n_healthy = devices.iter().filter(|d| d.health == "Healthy").count();
-                if healthy.is_none() && n_healthy == devices.len() && n_healthy > 0 {
-                    healthy = Some((at, n_healthy));
-                    let since = registered.as_ref().map(|r| at - r.0).unwrap_or_default();
-                    let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
-                    say.line(format!(
-                        "   ListAndWatch: {n_healthy} devices, all Healthy ({}), {:.1} ms after registration",
-                        ids.join(" "),
-                        ms(since)
-                    ));
-                } else if healthy.is_none() {
-                    say.line(format!(
-                        "   ListAndWatch: {n_healthy} of {} devices Healthy; waiting",
-                        devices.len()
-                    ));
-                }
-            }
-            Some(Event::Allocated(allocation)) => {
-                let (
-                    Some((registered_at, resource_name, endpoint, version)),
-                    Some((healthy_at, n)),
-                ) = (registered, healthy)
-                else {
-                    return Err(LabError::DevicePlugin(
-                        "an allocation before registration and a healthy list".into(),
-                    ));
-                };
-                if let Some(p) = &allocation.preferred {
-                    say.line(format!(
-                        "   GetPreferredAllocation(size 1): {p:?} in {:.1} ms",
-                        allocation.preferred_took.map(ms).unwrap_or_default()
-                    ));
-                }
-                return Ok(Got {
-                    pid: daemon.pid() as u32,
-                    started,
-                    registered_at,
-                    healthy_at,
-                    resource_name,
-                    endpoint,
-                    version,
-                    healthy_devices: n,
-                    list_updates,
-                    allocation,
-                });
-            }
-            Some(Event::Failed(why)) => {
-                return Err(LabError::DevicePlugin(format!(
-                    "the kubelet stand-in: {why}\n{}",
-                    daemon.log_tail()
-                )))
-            }
-            None => {}
+    };
+    say.line(format!(
+        "   registered {} ({}, endpoint {}, options {{pre_start_required: {}, get_preferred_allocation_available: {}}}) {:.1} ms after the daemon started",
+        request.resource_name,
+        request.version,
+        request.endpoint,
+        options.pre_start_required,
+        options.get_preferred_allocation_available,
+        ms(registered.at - started)
+    ));
+    kubelet
+        .list_and_watch(&registered)
+        .map_err(|why| failed(daemon, why))?;
+
+    let mut lists = 0;
+    let healthy = loop {
+        still_waiting(
+            daemon,
+            deadline,
+            "registered, but its devices never were all Healthy",
+        )?;
+        let update = match kubelet.list(lists, SLICE) {
+            Ok(Some(update)) => update,
+            Ok(None) => continue,
+            Err(why) => return Err(failed(daemon, why)),
+        };
+        lists += 1;
+        let devices = &update.devices;
+        let n_healthy = devices.iter().filter(|d| d.health == "Healthy").count();
+        if n_healthy == devices.len() && n_healthy > 0 {
+            let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+            say.line(format!(
+                "   ListAndWatch: {n_healthy} devices, all Healthy ({}), {:.1} ms after registration",
+                ids.join(" "),
+                ms(update.at - registered.at)
+            ));
+            break update;
         }
-        if Instant::now() > deadline {
-            return Err(LabError::DevicePlugin(format!(
-                "no allocation within {KUBELET_TIMEOUT:?} of the daemon's start ({})\n{}",
-                match (&registered, &healthy) {
-                    (None, _) => "it never registered",
-                    (Some(_), None) => "registered, but its devices never were all Healthy",
-                    _ => "Allocate did not answer",
-                },
-                daemon.log_tail()
-            )));
-        }
+        say.line(format!(
+            "   ListAndWatch: {n_healthy} of {} devices Healthy; waiting",
+            devices.len()
+        ));
+    };
+
+    still_waiting(daemon, deadline, "Allocate did not answer")?;
+    let available: Vec<String> = healthy.devices.iter().map(|d| d.id.clone()).collect();
+    let (preferred, preferred_took) = if options.get_preferred_allocation_available {
+        let (ids, took) = kubelet
+            .preferred_allocation(&available)
+            .map_err(|why| failed(daemon, why))?;
+        (Some(ids), Some(took))
+    } else {
+        (None, None)
+    };
+    // The kubelet takes the plugin's preference when it is a valid one.
+    let device_id = preferred
+        .as_ref()
+        .and_then(|p| p.first())
+        .filter(|id| available.contains(id))
+        .or_else(|| available.first())
+        .cloned()
+        .ok_or_else(|| {
+            failed(
+                daemon,
+                format!("{} offers no device", request.resource_name),
+            )
+        })?;
+    let (response, took) = kubelet
+        .allocate(&device_id)
+        .map_err(|why| failed(daemon, why))?;
+    if let Some(p) = &preferred {
+        say.line(format!(
+            "   GetPreferredAllocation(size 1): {p:?} in {:.1} ms",
+            preferred_took.map(ms).unwrap_or_default()
+        ));
     }
+    Ok(Got {
+        pid: daemon.pid() as u32,
+        started,
+        registered_at: registered.at,
+        healthy_at: healthy.at,
+        resource_name: request.resource_name.clone(),
+        endpoint: request.endpoint.clone(),
+        version: request.version.clone(),
+        healthy_devices: available.len(),
+        list_updates: lists,
+        allocation: Allocation {
+            device_id,
+            preferred,
+            preferred_took,
+            response,
+            took,
+        },
+    })
+}
+
+/// `Err` when a signal came, the daemon exited or the deadline passed
+/// (`waiting_for` says what had not happened yet).
+fn still_waiting(
+    daemon: &mut Daemon,
+    deadline: Instant,
+    waiting_for: &str,
+) -> Result<(), LabError> {
+    check_signal()?;
+    if let Some(status) = daemon.try_status() {
+        return Err(LabError::DevicePlugin(format!(
+            "the daemon exited ({status}) before the kubelet stand-in allocated a device\n{}",
+            daemon.log_tail()
+        )));
+    }
+    if Instant::now() > deadline {
+        return Err(LabError::DevicePlugin(format!(
+            "no allocation within {KUBELET_TIMEOUT:?} of the daemon's start ({waiting_for})\n{}",
+            daemon.log_tail()
+        )));
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! a real guest boots on the pod's macvtap (or a stand-in answers), and
 //! the LAN proves ping, TCP and HTTP.
 
+mod admission;
 pub mod cli;
 pub mod cni;
 mod cpio;
@@ -13,7 +14,6 @@ mod daemon;
 mod dp;
 mod elf;
 pub mod guest;
-mod kubelet;
 mod probe;
 mod signals;
 mod vm;
@@ -21,6 +21,7 @@ mod world;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,15 +29,15 @@ use macvtap_net::{create_veth_pair, MacAddr, NodeInfo};
 use serde::Serialize;
 use serde_json::json;
 
-use self::cni::{Attachment, CniError};
+use self::admission::KubeletSide;
+use self::cni::{Attachment, PluginCallError};
 use self::dp::DevicePluginReport;
 use self::guest::{Ensured, GuestError};
-use self::kubelet::{Event, KubeletStandIn};
 use self::probe::{Pinger, ProbeError};
 use self::vm::Vm;
-use self::world::{LabDir, Namespaces};
+use self::world::Namespaces;
 use macvtap_testkit::device_plugin::{Daemon, Stopped};
-use macvtap_testkit::GuestStandIn;
+use macvtap_testkit::{GuestStandIn, TempDir};
 use macvtapctl::cli::{DoctorArgs, VhostChoice};
 use macvtapctl::doctor::{self, Status};
 use macvtapctl::iface::InterfaceInfo;
@@ -71,7 +72,7 @@ pub enum LabError {
     #[error("device plugin: {0}")]
     DevicePlugin(String),
     #[error(transparent)]
-    Cni(#[from] CniError),
+    Cni(#[from] PluginCallError),
     #[error(transparent)]
     Scope(#[from] ScopeError),
     #[error(transparent)]
@@ -205,7 +206,7 @@ pub(crate) fn ms(d: Duration) -> f64 {
 
 /// Narration: stdout, or stderr when stdout carries the JSON report.
 #[derive(Debug, Clone, Copy)]
-struct Say {
+pub(crate) struct Say {
     json: bool,
 }
 
@@ -233,14 +234,14 @@ enum GuestChoice {
 /// attachment (DEL), the device plugin (SIGTERM), the kubelet stand-in,
 /// the namespaces, the directory.
 #[derive(Default)]
-struct Made {
+pub(crate) struct Made {
     vm: Option<Vm>,
     standin: Option<GuestStandIn>,
     attachment: Option<Attachment>,
     daemon: Option<Daemon>,
-    kubelet: Option<KubeletStandIn>,
+    kubelet: Option<KubeletSide>,
     namespaces: Namespaces,
-    dir: Option<LabDir>,
+    dir: Option<TempDir>,
 }
 
 /// What the ordered removal met.
@@ -449,7 +450,7 @@ fn choose_device_plugin(args: &LabArgs) -> Result<Result<PathBuf, String>, LabEr
 }
 
 /// A sandbox ID as a runtime makes them: 64 hex digits.
-fn sandbox_id(nonce: u32) -> String {
+pub(crate) fn sandbox_id(nonce: u32) -> String {
     format!("{nonce:08x}{:08x}", std::process::id()).repeat(4)
 }
 
@@ -486,266 +487,400 @@ fn choose_guest(args: &LabArgs, say: Say) -> Result<GuestChoice, LabError> {
     }
 }
 
+/// What every phase of one run shares: the user's arguments, the
+/// narration, what was made so far (for cleanup) and the timings.
+pub(crate) struct Ctx<'a> {
+    pub(crate) args: &'a LabArgs,
+    pub(crate) say: Say,
+    pub(crate) made: &'a mut Made,
+    pub(crate) timings: Timings,
+}
+
+/// What the lab will use, decided before anything is made.
+struct Plan {
+    /// The CNI plugin binary.
+    cni_plugin: PathBuf,
+    /// The device plugin binary, or why the CNI runs standalone.
+    device_plugin: Result<PathBuf, String>,
+    guest: GuestChoice,
+}
+
+/// The lab's namespaces, wired, and its names.
+pub(crate) struct World {
+    pub(crate) nonce: u32,
+    pub(crate) tag: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) names: Names,
+    pub(crate) lan: Scope,
+    pub(crate) node: Scope,
+    pub(crate) pod: Scope,
+    /// The MAC the pod's interface gets (CNI_ARGS `MAC=`).
+    pub(crate) mac: MacAddr,
+}
+
+/// The pod's interface as the CNI ADD left it.
+struct PodAttachment {
+    info: InterfaceInfo,
+    /// The device node the CNI plugin made, and whether it is the
+    /// interface's device.
+    device_node: PathBuf,
+    device_node_matches: bool,
+    /// On the device plugin's path: the tap opened through the DeviceSpec.
+    tap_fd: Option<OwnedFd>,
+    device_plugin: Option<DevicePluginReport>,
+}
+
+/// What the LAN got from the guest's TCP echo and web server.
+#[derive(Default)]
+struct Services {
+    tcp_echo: Option<String>,
+    http_status: Option<String>,
+    http_body: Option<String>,
+}
+
 fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabError> {
-    let plugin = cni::find_plugin(args.cni_plugin.as_deref())?;
-    let dp_choice = choose_device_plugin(args)?;
-    if let (Err(why), DevicePluginChoice::Auto) = (&dp_choice, args.device_plugin) {
-        say.line(format!(
-            "== no device plugin ({why}): the CNI plugin runs in standalone mode on {UPLINK}"
-        ));
-    }
-    let choice = choose_guest(args, say)?;
-    let mut timings = Timings::default();
-    if let GuestChoice::Vm(e) = &choice {
-        timings.guest_image_ms = Some(ms(e.took));
-        timings.guest_image_built = e.built;
-        say.line(format!(
-            "   {} {} ({}, {}) in {:.0} ms",
-            if e.built { "built" } else { "cached:" },
-            e.image.package,
-            e.image.kernel_format,
-            e.image
-                .kernel
-                .parent()
-                .map(Path::display)
-                .map(|d| d.to_string())
-                .unwrap_or_default(),
-            ms(e.took)
-        ));
-    }
-    check_signal()?;
-
-    // The world.
-    let nonce = nonce();
-    let tag = format!("mvlab-{}-{:04x}", std::process::id(), nonce & 0xffff);
-    let dir = LabDir::new().map_err(|e| setup_err("lab directory")(e.to_string()))?;
-    let dir_path = dir.path().to_path_buf();
-    made.dir = Some(dir);
-    say.line(format!("== lab directory {}", dir_path.display()));
-    let names = Names {
-        lan: format!("{tag}-lan"),
-        node: format!("{tag}-node"),
-        pod: format!("{tag}-pod"),
+    let mut ctx = Ctx {
+        args,
+        say,
+        made,
+        timings: Timings::default(),
     };
-    say.line(format!(
-        "== namespaces {} ({LAN_IP}/{PREFIX} on {LAN_IF}) --veth-- {} (uplink {UPLINK}), and an empty pod {}",
-        names.lan, names.node, names.pod
-    ));
-    let setup_started = Instant::now();
-    let create = |made: &mut Made, name: &str| {
-        made.namespaces
-            .create(name)
-            .map_err(|e| setup_err(format!("namespace {name}"))(e.to_string()))
-    };
-    let lan = create(made, &names.lan)?;
-    let node = create(made, &names.node)?;
-    let pod = create(made, &names.pod)?;
-    wire(&lan, &node, &pod)?;
-    timings.setup_ms = ms(setup_started.elapsed());
+    let plan = ctx.plan()?;
     check_signal()?;
+    let world = ctx.build_world()?;
+    check_signal()?;
+    let mut attached = ctx.attach_pod(&plan, &world)?;
+    check_signal()?;
+    let (guest, start) = ctx.start_guest(&plan.guest, &world, &mut attached)?;
+    let rtts = ctx.ping(&world, &guest, start)?;
+    let services = if guest.kind == GuestKind::Vm {
+        ctx.probe_services(&world, guest.mac.as_str())?
+    } else {
+        Services::default()
+    };
+    Ok(ctx.report(plan, world, attached, guest, rtts, services))
+}
 
-    // The pod's attachment, exactly as Multus would make it.
-    let mac = lab_mac(nonce);
-    let (info, cni_node, cni_node_matches, mut tap_fd, dp_report) = match &dp_choice {
-        Ok(binary) => {
-            let a = dp::attach(
-                binary,
-                args.keep,
-                &node,
-                &pod,
-                &dir_path,
-                &plugin,
-                &sandbox_id(nonce),
-                mac,
-                say,
-                made,
-                &mut timings,
-            )?;
-            (a.info, a.node, a.node_matches, Some(a.fd), Some(a.report))
+impl Ctx<'_> {
+    /// The binaries and the guest, and what the lab does without them.
+    fn plan(&mut self) -> Result<Plan, LabError> {
+        let (args, say) = (self.args, self.say);
+        let cni_plugin = cni::find_plugin(args.cni_plugin.as_deref())?;
+        let device_plugin = choose_device_plugin(args)?;
+        if let (Err(why), DevicePluginChoice::Auto) = (&device_plugin, args.device_plugin) {
+            say.line(format!(
+                "== no device plugin ({why}): the CNI plugin runs in standalone mode on {UPLINK}"
+            ));
         }
-        Err(_) => {
-            let (info, node_path, matches) = attach_standalone(
-                &plugin,
-                &node,
-                &pod,
-                &names.node,
-                &dir_path,
-                &tag,
-                mac,
-                say,
-                made,
-                &mut timings,
-            )?;
-            (info, node_path, matches, None, None)
+        let guest = choose_guest(args, say)?;
+        if let GuestChoice::Vm(e) = &guest {
+            self.timings.guest_image_ms = Some(ms(e.took));
+            self.timings.guest_image_built = e.built;
+            say.line(format!(
+                "   {} {} ({}, {}) in {:.0} ms",
+                if e.built { "built" } else { "cached:" },
+                e.image.package,
+                e.image.kernel_format,
+                e.image
+                    .kernel
+                    .parent()
+                    .map(Path::display)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                ms(e.took)
+            ));
         }
-    };
-    check_signal()?;
+        Ok(Plan {
+            cni_plugin,
+            device_plugin,
+            guest,
+        })
+    }
 
-    // The guest.
-    let guest_mac = args.guest_mac.unwrap_or(mac);
-    let tag_word = format!("{nonce:08x}");
-    let mut guest_info = GuestInfo {
-        kind: GuestKind::StandIn,
-        why_not_vm: None,
-        ip: format!("{GUEST_IP}/{PREFIX}"),
-        mac: guest_mac.to_string(),
-        qemu_pid: None,
-        kernel: None,
-    };
-    let start = match &choice {
-        GuestChoice::Vm(ensured) => {
-            let serial = dir_path.join("serial.log");
-            let log = dir_path.join("qemu.log");
-            let guest_args = guest::qemu_args(
-                &ensured.image,
-                &guest_info.ip,
-                &format!("file:{}", serial.display()),
-                &tag_word,
-            )
-            .map_err(|e| LabError::NoVm(e.to_string()))?;
-            let romless = vec!["romfile=".to_string()];
-            let nic = NicOptions {
-                queues: 1,
-                vhost: VhostChoice::Auto,
-                device_opts: &romless,
-                mac_override: args.guest_mac,
-            };
-            // On the device plugin's path QEMU gets the node the DeviceSpec
-            // promised, opened as the VM's user; otherwise macvtapctl opens
-            // the tap by its device number.
-            let (plan, opened) = match tap_fd.take() {
-                Some(fd) => (
-                    qemu::plan_with_fds(&pod, POD_IF, &args.qemu_bin, &nic, &guest_args, vec![fd])?,
-                    format!(
-                        "{} opened as uid {} gid {}",
-                        cni_node.display(),
-                        dp::QEMU_UID,
-                        dp::QEMU_GID
-                    ),
-                ),
-                None => (
-                    qemu::plan(&pod, POD_IF, &args.qemu_bin, &nic, &guest_args)?,
-                    format!(
-                        "tap opened by device number {}",
-                        info.device.as_deref().unwrap_or("?")
-                    ),
-                ),
-            };
-            for note in &plan.notes {
-                say.line(format!("   note: {note}"));
-            }
-            let log_file =
-                fs::File::create(&log).map_err(|e| setup_err("QEMU log")(e.to_string()))?;
-            let log_err = log_file
-                .try_clone()
-                .map_err(|e| setup_err("QEMU log")(e.to_string()))?;
-            let started = Instant::now();
-            // Born in the pod's namespace, like virt-launcher's QEMU.
-            let child = pod.run(|| {
-                qemu::spawn(&plan, |cmd| {
-                    use std::os::unix::process::CommandExt;
-                    cmd.process_group(0)
-                        .stdin(std::process::Stdio::null())
-                        .stdout(log_file)
-                        .stderr(log_err);
+    /// The lab directory and the LAN, node and pod namespaces, wired.
+    fn build_world(&mut self) -> Result<World, LabError> {
+        let say = self.say;
+        let nonce = nonce();
+        let tag = format!("mvlab-{}-{:04x}", std::process::id(), nonce & 0xffff);
+        let dir = TempDir::create(&std::env::temp_dir().join("macvtapctl-lab-"))
+            .map_err(|e| setup_err("lab directory")(e.to_string()))?;
+        let dir_path = dir.path().to_path_buf();
+        self.made.dir = Some(dir);
+        say.line(format!("== lab directory {}", dir_path.display()));
+        let names = Names {
+            lan: format!("{tag}-lan"),
+            node: format!("{tag}-node"),
+            pod: format!("{tag}-pod"),
+        };
+        say.line(format!(
+            "== namespaces {} ({LAN_IP}/{PREFIX} on {LAN_IF}) --veth-- {} (uplink {UPLINK}), and an empty pod {}",
+            names.lan, names.node, names.pod
+        ));
+        let setup_started = Instant::now();
+        let mut create = |name: &str| {
+            self.made
+                .namespaces
+                .create(name)
+                .map_err(|e| setup_err(format!("namespace {name}"))(e.to_string()))
+        };
+        let lan = create(&names.lan)?;
+        let node = create(&names.node)?;
+        let pod = create(&names.pod)?;
+        wire(&lan, &node, &pod)?;
+        self.timings.setup_ms = ms(setup_started.elapsed());
+        Ok(World {
+            nonce,
+            tag,
+            dir: dir_path,
+            names,
+            lan,
+            node,
+            pod,
+            mac: lab_mac(nonce),
+        })
+    }
+
+    /// The pod's attachment, exactly as Multus would make it: with the
+    /// device plugin's deviceID, or standalone on the uplink.
+    fn attach_pod(&mut self, plan: &Plan, world: &World) -> Result<PodAttachment, LabError> {
+        match &plan.device_plugin {
+            Ok(binary) => {
+                let a = dp::attach(self, world, binary, &plan.cni_plugin)?;
+                Ok(PodAttachment {
+                    info: a.info,
+                    device_node: a.node,
+                    device_node_matches: a.node_matches,
+                    tap_fd: Some(a.fd),
+                    device_plugin: Some(a.report),
                 })
-            })??;
-            drop(plan);
-            let vm = Vm::new(child, &serial, &log);
-            say.line(format!(
-                "== QEMU (pid {}) boots the guest on {POD_IF} ({opened}), guest MAC {guest_mac}",
-                vm.pid,
-            ));
-            guest_info.kind = GuestKind::Vm;
-            guest_info.qemu_pid = Some(vm.pid);
-            guest_info.kernel = Some(ensured.image.package.clone());
-            made.vm = Some(vm);
-            started
+            }
+            Err(_) => {
+                let (info, device_node, device_node_matches) =
+                    self.attach_standalone(world, &plan.cni_plugin)?;
+                Ok(PodAttachment {
+                    info,
+                    device_node,
+                    device_node_matches,
+                    tap_fd: None,
+                    device_plugin: None,
+                })
+            }
         }
-        GuestChoice::StandIn(why) => {
-            guest_info.why_not_vm = why.clone();
-            let fd = match tap_fd.take() {
-                Some(fd) => fd,
-                None => {
-                    let mut nl = pod.netlink()?;
-                    let link = pod.macvtap(&mut nl, POD_IF)?;
-                    let mut queues = tap::open_queues(&pod, &link, 1)?;
-                    queues
-                        .fds
-                        .pop()
-                        .ok_or_else(|| setup_err("stand-in")("no tap queue".into()))?
-                }
-            };
-            let started = Instant::now();
-            made.standin = Some(
-                GuestStandIn::start(std::fs::File::from(fd), guest_mac, GUEST_IP, true)
-                    .map_err(|e| setup_err("stand-in")(e.to_string()))?,
-            );
-            say.line(format!(
-                "== a stand-in answers ARP and ping as {GUEST_IP} on {POD_IF}'s tap device, MAC {guest_mac}"
-            ));
-            started
-        }
-    };
-
-    // The LAN's view.
-    let mut pinger = Pinger::new(&lan, GUEST_IP)?;
-    let (first_reply, ready_at) =
-        wait_first_reply(args, made, &mut pinger, start, &pod, guest_mac)?;
-    timings.start_to_first_ping_ms = ms(first_reply);
-    timings.start_to_guest_ready_ms = ready_at.map(ms);
-    say.line(format!(
-        "== first ping reply from {GUEST_IP} at the LAN {:.2} s after {} started{}",
-        first_reply.as_secs_f64(),
-        if guest_info.kind == GuestKind::Vm {
-            "QEMU"
-        } else {
-            "the stand-in"
-        },
-        ready_at
-            .map(|r| format!(" (guest ready at {:.2} s)", r.as_secs_f64()))
-            .unwrap_or_default()
-    ));
-    let mut rtts = Vec::new();
-    for _ in 0..3 {
-        check_signal()?;
-        if let Some(rtt) = pinger
-            .ping(Duration::from_secs(1))
-            .map_err(|e| setup_err("ping")(e.to_string()))?
-        {
-            rtts.push(ms(rtt));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    say.line(format!(
-        "   ping: {}/3 replies, RTT {:?} ms",
-        rtts.len(),
-        rtts
-    ));
-    if rtts.is_empty() {
-        return Err(LabError::Check {
-            what: "ping",
-            detail: "the guest answered once, then stopped answering".into(),
-        });
     }
 
-    let mut tcp_echo = None;
-    let mut http_status = None;
-    let mut http_body = None;
-    if guest_info.kind == GuestKind::Vm {
+    /// Boot the VM on the pod's macvtap, or start the stand-in; returns
+    /// the guest and when it started.
+    fn start_guest(
+        &mut self,
+        choice: &GuestChoice,
+        world: &World,
+        attached: &mut PodAttachment,
+    ) -> Result<(GuestInfo, Instant), LabError> {
+        let guest_mac = self.args.guest_mac.unwrap_or(world.mac);
+        let mut guest = GuestInfo {
+            kind: GuestKind::StandIn,
+            why_not_vm: None,
+            ip: format!("{GUEST_IP}/{PREFIX}"),
+            mac: guest_mac.to_string(),
+            qemu_pid: None,
+            kernel: None,
+        };
+        let started = match choice {
+            GuestChoice::Vm(ensured) => {
+                let (vm, started) = self.boot_vm(ensured, world, attached, &guest.ip, guest_mac)?;
+                guest.kind = GuestKind::Vm;
+                guest.qemu_pid = Some(vm.pid);
+                guest.kernel = Some(ensured.image.package.clone());
+                self.made.vm = Some(vm);
+                started
+            }
+            GuestChoice::StandIn(why) => {
+                guest.why_not_vm = why.clone();
+                self.start_stand_in(world, attached, guest_mac)?
+            }
+        };
+        Ok((guest, started))
+    }
+
+    /// Start QEMU in the pod's namespace on the pod's tap; returns it and
+    /// when it started.
+    fn boot_vm(
+        &mut self,
+        ensured: &Ensured,
+        world: &World,
+        attached: &mut PodAttachment,
+        guest_ip: &str,
+        guest_mac: MacAddr,
+    ) -> Result<(Vm, Instant), LabError> {
+        let (args, say, pod) = (self.args, self.say, &world.pod);
+        let serial = world.dir.join("serial.log");
+        let log = world.dir.join("qemu.log");
+        let guest_args = guest::qemu_args(
+            &ensured.image,
+            guest_ip,
+            &format!("file:{}", serial.display()),
+            &format!("{:08x}", world.nonce),
+        )
+        .map_err(|e| LabError::NoVm(e.to_string()))?;
+        let romless = vec!["romfile=".to_string()];
+        let nic = NicOptions {
+            queues: 1,
+            vhost: VhostChoice::Auto,
+            device_opts: &romless,
+            mac_override: args.guest_mac,
+        };
+        // On the device plugin's path QEMU gets the node the DeviceSpec
+        // promised, opened as the VM's user; otherwise macvtapctl opens
+        // the tap by its device number.
+        let (plan, opened) = match attached.tap_fd.take() {
+            Some(fd) => (
+                qemu::plan_with_fds(pod, POD_IF, &args.qemu_bin, &nic, &guest_args, vec![fd])?,
+                format!(
+                    "{} opened as uid {} gid {}",
+                    attached.device_node.display(),
+                    dp::QEMU_UID,
+                    dp::QEMU_GID
+                ),
+            ),
+            None => (
+                qemu::plan(pod, POD_IF, &args.qemu_bin, &nic, &guest_args)?,
+                format!(
+                    "tap opened by device number {}",
+                    attached.info.device.as_deref().unwrap_or("?")
+                ),
+            ),
+        };
+        for note in &plan.notes {
+            say.line(format!("   note: {note}"));
+        }
+        let log_file = fs::File::create(&log).map_err(|e| setup_err("QEMU log")(e.to_string()))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| setup_err("QEMU log")(e.to_string()))?;
+        let started = Instant::now();
+        // Born in the pod's namespace, like virt-launcher's QEMU.
+        let child = pod.run(|| {
+            qemu::spawn(&plan, |cmd| {
+                use std::os::unix::process::CommandExt;
+                cmd.process_group(0)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(log_file)
+                    .stderr(log_err);
+            })
+        })??;
+        drop(plan);
+        let vm = Vm::new(child, &serial, &log);
+        say.line(format!(
+            "== QEMU (pid {}) boots the guest on {POD_IF} ({opened}), guest MAC {guest_mac}",
+            vm.pid,
+        ));
+        Ok((vm, started))
+    }
+
+    /// The stand-in answers ARP and ping on the pod's tap; returns when it
+    /// started.
+    fn start_stand_in(
+        &mut self,
+        world: &World,
+        attached: &mut PodAttachment,
+        guest_mac: MacAddr,
+    ) -> Result<Instant, LabError> {
+        let pod = &world.pod;
+        let fd = match attached.tap_fd.take() {
+            Some(fd) => fd,
+            None => {
+                let mut nl = pod.netlink()?;
+                let link = pod.macvtap(&mut nl, POD_IF)?;
+                let mut queues = tap::open_queues(pod, &link, 1)?;
+                queues
+                    .fds
+                    .pop()
+                    .ok_or_else(|| setup_err("stand-in")("no tap queue".into()))?
+            }
+        };
+        let started = Instant::now();
+        self.made.standin = Some(
+            GuestStandIn::start(std::fs::File::from(fd), guest_mac, GUEST_IP, true)
+                .map_err(|e| setup_err("stand-in")(e.to_string()))?,
+        );
+        self.say.line(format!(
+            "== a stand-in answers ARP and ping as {GUEST_IP} on {POD_IF}'s tap device, MAC {guest_mac}"
+        ));
+        Ok(started)
+    }
+
+    /// The LAN's view: the first ping reply, then three pings; returns
+    /// their round trips.
+    fn ping(
+        &mut self,
+        world: &World,
+        guest: &GuestInfo,
+        start: Instant,
+    ) -> Result<Vec<f64>, LabError> {
+        let guest_mac = self.args.guest_mac.unwrap_or(world.mac);
+        let mut pinger = Pinger::new(&world.lan, GUEST_IP)?;
+        let (first_reply, ready_at) = wait_first_reply(
+            self.args,
+            self.made,
+            &mut pinger,
+            start,
+            &world.pod,
+            guest_mac,
+        )?;
+        self.timings.start_to_first_ping_ms = ms(first_reply);
+        self.timings.start_to_guest_ready_ms = ready_at.map(ms);
+        self.say.line(format!(
+            "== first ping reply from {GUEST_IP} at the LAN {:.2} s after {} started{}",
+            first_reply.as_secs_f64(),
+            if guest.kind == GuestKind::Vm {
+                "QEMU"
+            } else {
+                "the stand-in"
+            },
+            ready_at
+                .map(|r| format!(" (guest ready at {:.2} s)", r.as_secs_f64()))
+                .unwrap_or_default()
+        ));
+        let mut rtts = Vec::new();
+        for _ in 0..3 {
+            check_signal()?;
+            if let Some(rtt) = pinger
+                .ping(Duration::from_secs(1))
+                .map_err(|e| setup_err("ping")(e.to_string()))?
+            {
+                rtts.push(ms(rtt));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.say.line(format!(
+            "   ping: {}/3 replies, RTT {:?} ms",
+            rtts.len(),
+            rtts
+        ));
+        if rtts.is_empty() {
+            return Err(LabError::Check {
+                what: "ping",
+                detail: "the guest answered once, then stopped answering".into(),
+            });
+        }
+        Ok(rtts)
+    }
+
+    /// The VM's TCP echo and web server, from the LAN.
+    fn probe_services(&mut self, world: &World, guest_mac: &str) -> Result<Services, LabError> {
+        let (say, tag) = (self.say, &world.tag);
         check_signal()?;
         let line = format!("macvtapctl lab {tag}");
-        let took = probe::tcp_echo(&lan, SocketAddr::from((GUEST_IP, 7)), &line)?;
-        timings.tcp_echo_ms = Some(ms(took));
+        let took = probe::tcp_echo(&world.lan, SocketAddr::from((GUEST_IP, 7)), &line)?;
+        self.timings.tcp_echo_ms = Some(ms(took));
         say.line(format!(
             "== TCP echo (port 7): sent and got back {line:?} in {:.1} ms",
             ms(took)
         ));
-        tcp_echo = Some(line);
         check_signal()?;
-        let (status, body, took) = probe::http_get(&lan, SocketAddr::from((GUEST_IP, 80)))?;
-        timings.http_ms = Some(ms(took));
-        let want = format!("macvtapctl lab guest {tag_word} mac {guest_mac}");
+        let (status, body, took) = probe::http_get(&world.lan, SocketAddr::from((GUEST_IP, 80)))?;
+        self.timings.http_ms = Some(ms(took));
+        let want = format!("macvtapctl lab guest {:08x} mac {guest_mac}", world.nonce);
         if !status.contains(" 200") || body.trim() != want {
             return Err(LabError::Check {
                 what: "HTTP GET /",
@@ -760,66 +895,142 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
         say.line(format!(
             "   the guest itself reports MAC {guest_mac}, the macvtap's"
         ));
-        http_status = Some(status);
-        http_body = Some(body.trim().to_string());
+        Ok(Services {
+            tcp_echo: Some(line),
+            http_status: Some(status),
+            http_body: Some(body.trim().to_string()),
+        })
     }
 
-    let mut dp_report = dp_report;
-    if let (Some(r), Some(k)) = (&mut dp_report, &made.kubelet) {
-        r.list_updates += k
-            .drain()
-            .iter()
-            .filter(|e| matches!(e, Event::Devices { .. }))
-            .count();
+    /// The report, shown and returned.
+    fn report(
+        self,
+        plan: Plan,
+        world: World,
+        attached: PodAttachment,
+        guest: GuestInfo,
+        ping_rtt_ms: Vec<f64>,
+        services: Services,
+    ) -> LabReport {
+        let mut device_plugin = attached.device_plugin;
+        if let (Some(r), Some(k)) = (&mut device_plugin, &self.made.kubelet) {
+            // The kubelet never stops watching: every list until now.
+            r.list_updates = k.lists_received();
+        }
+        let report = LabReport {
+            tag: world.tag,
+            namespaces: world.names,
+            lab_dir: world.dir.display().to_string(),
+            attach_mode: if device_plugin.is_some() {
+                AttachMode::DevicePlugin
+            } else {
+                AttachMode::Standalone
+            },
+            why_standalone: plan.device_plugin.err(),
+            device_plugin,
+            interface: attached.info,
+            cni_device_node: attached.device_node.display().to_string(),
+            cni_device_node_matches: attached.device_node_matches,
+            guest,
+            ping_rtt_ms,
+            tcp_echo: services.tcp_echo,
+            http_status: services.http_status,
+            http_body: services.http_body,
+            timings: self.timings,
+            cleanup_script: None,
+        };
+        self.say.line(report_text(&report));
+        report
     }
-    let report = LabReport {
-        tag,
-        namespaces: names,
-        lab_dir: dir_path.display().to_string(),
-        attach_mode: if dp_report.is_some() {
-            AttachMode::DevicePlugin
-        } else {
-            AttachMode::Standalone
-        },
-        why_standalone: dp_choice.err(),
-        device_plugin: dp_report,
-        interface: info,
-        cni_device_node: cni_node.display().to_string(),
-        cni_device_node_matches: cni_node_matches,
-        guest: guest_info,
-        ping_rtt_ms: rtts,
-        tcp_echo,
-        http_status,
-        http_body,
-        timings,
-        cleanup_script: None,
-    };
-    say.line(report_text(&report));
-    Ok(report)
+
+    /// The CNI plugin alone (standalone mode on the uplink), as Multus
+    /// would run it for a NAD with `master`; returns the pod's interface,
+    /// the plugin's device node and whether it is the interface's device.
+    fn attach_standalone(
+        &mut self,
+        world: &World,
+        plugin: &Path,
+    ) -> Result<(InterfaceInfo, PathBuf, bool), LabError> {
+        let (say, pod, tag, mac) = (self.say, &world.pod, &world.tag, world.mac);
+        let state_dir = world.dir.join("state");
+        let config = json!({
+            "cniVersion": "1.0.0",
+            "name": "macvtapctl-lab",
+            "type": "macvtap",
+            "master": UPLINK,
+            "mode": "bridge",
+            "mtu": 1500,
+        });
+        say.line(format!(
+            "== CNI ADD: {} (CNI_IFNAME={POD_IF}, CNI_ARGS MAC={mac}), from {}",
+            plugin.display(),
+            world.names.node
+        ));
+        let cni = CniCall {
+            plugin,
+            node: &world.node,
+            pod,
+            container_id: tag,
+            args: format!("IgnoreUnknown=1;MAC={mac}"),
+            state_dir: &state_dir,
+        };
+        cni.add(&config, self)?;
+        let info = links::show(pod, POD_IF)?;
+        if info.mac.as_deref() != Some(&mac.to_string()) {
+            return Err(LabError::Check {
+                what: "CNI ADD",
+                detail: format!("{POD_IF} has MAC {:?}, not {mac} from CNI_ARGS", info.mac),
+            });
+        }
+        for line in info.text().lines() {
+            say.line(format!("   {line}"));
+        }
+        let cni_node = state_dir
+            .join("pods")
+            .join(tag)
+            .join(format!("{POD_IF}.tap"));
+        let cni_node_dev = NodeInfo::stat(&cni_node).ok().map(|n| n.dev.to_string());
+        let cni_node_matches = cni_node_dev.is_some() && cni_node_dev == info.device;
+        say.line(format!(
+            "   the plugin's device node {} is {}: {}",
+            cni_node.display(),
+            cni_node_dev.as_deref().unwrap_or("missing"),
+            if cni_node_matches {
+                "the device sysfs shows inside the pod"
+            } else {
+                "NOT the interface's device"
+            }
+        ));
+        if !cni_node_matches {
+            return Err(LabError::Check {
+                what: "CNI device node",
+                detail: format!(
+                    "{} is {cni_node_dev:?}, the interface's device is {:?}",
+                    cni_node.display(),
+                    info.device
+                ),
+            });
+        }
+        Ok((info, cni_node, cni_node_matches))
+    }
 }
 
 /// One CNI ADD of the lab's pod, from the node namespace.
-struct CniCall<'a> {
-    plugin: &'a Path,
-    node: &'a Scope,
-    pod: &'a Scope,
-    container_id: &'a str,
-    args: String,
+pub(crate) struct CniCall<'a> {
+    pub(crate) plugin: &'a Path,
+    pub(crate) node: &'a Scope,
+    pub(crate) pod: &'a Scope,
+    pub(crate) container_id: &'a str,
+    pub(crate) args: String,
     /// The node's state directory: node policy, given to the plugin as the
     /// node's administrator does (`MACVTAP_STATE_DIR`), not in the config.
-    state_dir: &'a Path,
+    pub(crate) state_dir: &'a Path,
 }
 
 impl CniCall<'_> {
     /// Run the ADD, keep the attachment for cleanup (CNI DEL), and record
     /// and show its time.
-    fn add(
-        &self,
-        config: &serde_json::Value,
-        say: Say,
-        made: &mut Made,
-        timings: &mut Timings,
-    ) -> Result<(), LabError> {
+    pub(crate) fn add(&self, config: &serde_json::Value, ctx: &mut Ctx) -> Result<(), LabError> {
         let env = vec![
             ("CNI_CONTAINERID", self.container_id.to_string()),
             ("CNI_NETNS", self.pod.path().display().to_string()),
@@ -836,96 +1047,18 @@ impl CniCall<'_> {
         ];
         let (attachment, result, took) =
             Attachment::add(self.plugin, self.node.path(), env, config)?;
-        made.attachment = Some(attachment);
-        timings.cni_add_ms = ms(took);
+        ctx.made.attachment = Some(attachment);
+        ctx.timings.cni_add_ms = ms(took);
         let interfaces = result
             .get("interfaces")
             .map(|i| i.to_string())
             .unwrap_or_default();
-        say.line(format!(
+        ctx.say.line(format!(
             "   took {:.1} ms (process start included); result: {interfaces}",
             ms(took)
         ));
         Ok(())
     }
-}
-
-/// The CNI plugin alone (standalone mode on the uplink), as Multus would
-/// run it for a NAD with `master`; returns the pod's interface, the
-/// plugin's device node and whether it is the interface's device.
-#[allow(clippy::too_many_arguments)]
-fn attach_standalone(
-    plugin: &Path,
-    node: &Scope,
-    pod: &Scope,
-    node_name: &str,
-    dir_path: &Path,
-    tag: &str,
-    mac: MacAddr,
-    say: Say,
-    made: &mut Made,
-    timings: &mut Timings,
-) -> Result<(InterfaceInfo, PathBuf, bool), LabError> {
-    let state_dir = dir_path.join("state");
-    let config = json!({
-        "cniVersion": "1.0.0",
-        "name": "macvtapctl-lab",
-        "type": "macvtap",
-        "master": UPLINK,
-        "mode": "bridge",
-        "mtu": 1500,
-    });
-    say.line(format!(
-        "== CNI ADD: {} (CNI_IFNAME={POD_IF}, CNI_ARGS MAC={mac}), from {}",
-        plugin.display(),
-        node_name
-    ));
-    let cni = CniCall {
-        plugin,
-        node,
-        pod,
-        container_id: tag,
-        args: format!("IgnoreUnknown=1;MAC={mac}"),
-        state_dir: &state_dir,
-    };
-    cni.add(&config, say, made, timings)?;
-    let info = links::show(pod, POD_IF)?;
-    if info.mac.as_deref() != Some(&mac.to_string()) {
-        return Err(LabError::Check {
-            what: "CNI ADD",
-            detail: format!("{POD_IF} has MAC {:?}, not {mac} from CNI_ARGS", info.mac),
-        });
-    }
-    for line in info.text().lines() {
-        say.line(format!("   {line}"));
-    }
-    let cni_node = state_dir
-        .join("pods")
-        .join(tag)
-        .join(format!("{POD_IF}.tap"));
-    let cni_node_dev = NodeInfo::stat(&cni_node).ok().map(|n| n.dev.to_string());
-    let cni_node_matches = cni_node_dev.is_some() && cni_node_dev == info.device;
-    say.line(format!(
-        "   the plugin's device node {} is {}: {}",
-        cni_node.display(),
-        cni_node_dev.as_deref().unwrap_or("missing"),
-        if cni_node_matches {
-            "the device sysfs shows inside the pod"
-        } else {
-            "NOT the interface's device"
-        }
-    ));
-    if !cni_node_matches {
-        return Err(LabError::Check {
-            what: "CNI device node",
-            detail: format!(
-                "{} is {cni_node_dev:?}, the interface's device is {:?}",
-                cni_node.display(),
-                info.device
-            ),
-        });
-    }
-    Ok((info, cni_node, cni_node_matches))
 }
 
 /// The veth uplink between LAN and node, addresses, links up, quick ARP.

@@ -1,42 +1,45 @@
-//! The lab's world: its namespaces and its directory, each removed by a
-//! guard when dropped (unless the user asked to keep them).
-
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+//! The lab's world: its namespaces, made in order and removed in reverse
+//! (unless the user asked to keep them), on the harness's namespace guard,
+//! so the lab and the tests make and delete namespaces the same way. Its
+//! directory is the harness's `TempDir`.
 
 use macvtap_net::NetNs;
+use macvtap_testkit::Netns;
 
 use macvtapctl::scope::Scope;
 
 /// Named namespaces made by the lab, deleted on drop (last made, first gone).
 #[derive(Debug, Default)]
 pub struct Namespaces {
-    made: Vec<String>,
+    made: Vec<Netns>,
     keep: bool,
 }
 
 impl Namespaces {
     pub fn create(&mut self, name: &str) -> macvtap_net::Result<Scope> {
-        let ns = NetNs::create_named(name)?;
-        self.made.push(name.to_string());
-        Ok(Scope::from_netns(ns, name))
+        let ns = Netns::create(name)?;
+        let path = ns.path();
+        self.made.push(ns);
+        Ok(Scope::from_netns(NetNs::open(&path)?, name))
     }
 
-    pub fn names(&self) -> &[String] {
-        &self.made
+    pub fn names(&self) -> Vec<String> {
+        self.made.iter().map(|ns| ns.name().to_string()).collect()
     }
 
     pub fn keep(&mut self) {
         self.keep = true;
+        for ns in &mut self.made {
+            ns.keep();
+        }
     }
 
     /// Delete them now; returns what could not be deleted.
     pub fn remove(&mut self) -> Vec<String> {
         let mut failed = Vec::new();
-        while let Some(name) = self.made.pop() {
-            if let Err(e) = NetNs::delete_named(&name) {
-                failed.push(format!("namespace {name}: {e}"));
+        while let Some(mut ns) = self.made.pop() {
+            if let Err(e) = ns.remove() {
+                failed.push(format!("namespace {}: {e}", ns.name()));
             }
         }
         failed
@@ -48,47 +51,6 @@ impl Drop for Namespaces {
         if !self.keep {
             for problem in self.remove() {
                 eprintln!("macvtap-lab: cleanup: {problem}");
-            }
-        }
-    }
-}
-
-/// A private directory for the lab's state (the CNI stateDir, the serial
-/// log), removed on drop.
-#[derive(Debug)]
-pub struct LabDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl LabDir {
-    pub fn new() -> io::Result<LabDir> {
-        let template = std::env::temp_dir().join("macvtapctl-lab-XXXXXX");
-        let path = nix::unistd::mkdtemp(&template).map_err(io::Error::from)?;
-        Ok(LabDir { path, keep: false })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn keep(&mut self) {
-        self.keep = true;
-    }
-
-    pub fn remove(&mut self) -> io::Result<()> {
-        match fs::remove_dir_all(&self.path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Drop for LabDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            if let Err(e) = self.remove() {
-                eprintln!("macvtap-lab: cleanup: {}: {e}", self.path.display());
             }
         }
     }

@@ -30,7 +30,7 @@ pub use lab::{Lab, LOWER, POD_IFNAME};
 pub use monitor::LinkMonitor;
 pub use mount::TmpfsMount;
 pub use names::{require_root, unique_name};
-pub use netns::Netns;
+pub use netns::{Netns, NsView};
 pub use plugin::{Plugin, PluginOutput, NODE_CONFIG_ENV, NO_NODE_POLICY, STATE_DIR_ENV};
 pub use procs::{alive, build_next_to, doctor_finding, eventually, ChildGuard, Run};
 pub use resources::{

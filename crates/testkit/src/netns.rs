@@ -1,103 +1,176 @@
-//! A named network namespace guard and `ip -n` helpers that read kernel
-//! state as JSON.
+//! A named network namespace guard, and the one namespace inspector
+//! ([`NsView`]): `ip -j` helpers that read kernel state as JSON, for a
+//! namespace the tests made (by name) or one a runtime made (by path).
 
-use std::path::PathBuf;
+use std::fmt;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::thread::sleep;
-use std::time::Duration;
 
+use macvtap_net::NetNs;
 use serde_json::Value;
 
 use crate::inspect::Link;
 use crate::names::require_root;
 
-/// A network namespace made with `ip netns add`; `ip netns del` on drop
-/// (which also destroys every link inside it).
+/// A named network namespace, `/run/netns/<name>`, made and deleted
+/// through macvtap-net (as the lab makes its own); deleted on drop (which
+/// also destroys every link inside it) unless kept.
 #[derive(Debug)]
 pub struct Netns {
     name: String,
-    deleted: bool,
+    view: NsView,
+    /// Deleted already, or kept: drop leaves it alone.
+    done: bool,
+}
+
+/// A namespace is inspected like any other: `lab.pod.links()` reads
+/// through its [`NsView`].
+impl Deref for Netns {
+    type Target = NsView;
+
+    fn deref(&self) -> &NsView {
+        &self.view
+    }
 }
 
 impl Netns {
-    /// Creates `/run/netns/<name>`. Retries a few times because concurrent
-    /// `ip netns add` calls can race while /run/netns is first being mounted.
+    /// Creates `/run/netns/<name>` with `lo` up, as a pod's; panics when it
+    /// cannot.
     pub fn new(name: &str) -> Netns {
         require_root();
-        let mut last = String::new();
-        for _ in 0..5 {
-            let out = run(Command::new("ip").args(["netns", "add", name]));
-            if out.status.success() {
-                let ns = Netns {
-                    name: name.to_string(),
-                    deleted: false,
-                };
-                // Bring up lo so local addresses behave as in a real pod.
-                ns.ip_ok(&["link", "set", "lo", "up"]);
-                return ns;
-            }
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            if PathBuf::from("/run/netns").join(name).exists() {
-                // Created by a half-failed attempt of ours; adopt it.
-                return Netns {
-                    name: name.to_string(),
-                    deleted: false,
-                };
-            }
-            sleep(Duration::from_millis(20));
-        }
-        panic!("ip netns add {name} failed: {last}");
+        let ns = Netns::create(name).unwrap_or_else(|e| panic!("cannot create netns {name}: {e}"));
+        ns.ip_ok(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Creates `/run/netns/<name>` (nothing up), for callers that must not
+    /// panic (the lab).
+    pub fn create(name: &str) -> macvtap_net::Result<Netns> {
+        NetNs::create_named(name)?;
+        Ok(Netns {
+            name: name.to_string(),
+            view: NsView::named(name),
+            done: false,
+        })
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// `/run/netns/<name>`: what CNI_NETNS points at.
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+    /// Leave the namespace in place when this is dropped.
+    pub fn keep(&mut self) {
+        self.done = true;
+    }
+
+    /// Deletes the namespace now; drop then does nothing.
+    pub fn remove(&mut self) -> macvtap_net::Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        NetNs::delete_named(&self.name)
     }
 
     /// Deletes the namespace now (e.g. to test DEL after the sandbox is
-    /// gone); drop then does nothing.
+    /// gone), panicking when it cannot; drop then does nothing.
     pub fn delete(&mut self) {
-        if !self.deleted {
-            let out = run(Command::new("ip").args(["netns", "del", &self.name]));
-            assert!(
-                out.status.success(),
-                "ip netns del {} failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            self.deleted = true;
+        if let Err(e) = self.remove() {
+            panic!("cannot delete netns {}: {e}", self.name);
+        }
+    }
+}
+
+/// How a command gets into the namespace.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// `/run/netns/<name>`: `ip -n`, `ip netns exec`.
+    Named(String),
+    /// Any namespace file (podman's `/run/netns/netns-…`, containerd's
+    /// under its state dir): `nsenter --net=PATH`.
+    Path(PathBuf),
+}
+
+/// Read-only inspection of one network namespace with `ip -j` (panicking,
+/// with what it ran, when a command fails: it is a test's view).
+#[derive(Debug, Clone)]
+pub struct NsView {
+    entry: Entry,
+}
+
+impl NsView {
+    /// The namespace `/run/netns/<name>`.
+    pub fn named(name: &str) -> NsView {
+        NsView {
+            entry: Entry::Named(name.to_string()),
         }
     }
 
-    /// `ip -n <ns> <args>`.
-    pub fn ip(&self, args: &[&str]) -> Output {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    /// A namespace known only by its path.
+    pub fn at_path(path: impl AsRef<Path>) -> NsView {
+        NsView {
+            entry: Entry::Path(path.as_ref().to_path_buf()),
+        }
     }
 
-    /// `ip -n <ns> <args>`, panicking with stderr when it fails.
+    /// The namespace file: what CNI_NETNS points at.
+    pub fn path(&self) -> PathBuf {
+        match &self.entry {
+            Entry::Named(name) => PathBuf::from("/run/netns").join(name),
+            Entry::Path(path) => path.clone(),
+        }
+    }
+
+    /// Whether the namespace file is still there.
+    pub fn exists(&self) -> bool {
+        self.path().exists()
+    }
+
+    /// `ip` with its arguments to come, run inside the namespace.
+    fn ip_command(&self) -> Command {
+        match &self.entry {
+            Entry::Named(name) => {
+                let mut c = Command::new("ip");
+                c.arg("-n").arg(name);
+                c
+            }
+            Entry::Path(path) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", path.display()))
+                    .arg("--")
+                    .arg("ip");
+                c
+            }
+        }
+    }
+
+    /// `ip <args>` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        run(self.ip_command().args(args))
+    }
+
+    /// `ip <args>` inside the namespace, panicking with stderr when it
+    /// fails.
     pub fn ip_ok(&self, args: &[&str]) -> String {
         let out = self.ip(args);
         assert!(
             out.status.success(),
-            "`ip -n {} {}` failed: {}",
-            self.name,
+            "`ip {}` in {self} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `ip -n <ns> <line>`, the line split on whitespace; panics on failure.
+    /// `ip <line>` inside the namespace, the line split on whitespace; panics on failure.
     pub fn ip_cmd(&self, line: &str) -> String {
         let args: Vec<&str> = line.split_whitespace().collect();
         self.ip_ok(&args)
     }
 
-    /// `ip -n <ns> -j <args>` parsed; an empty answer is an empty array.
+    /// `ip -j <args>` inside the namespace, parsed; an empty answer is an
+    /// empty array.
     pub fn ip_json(&self, args: &[&str]) -> Value {
         let mut full = vec!["-j"];
         full.extend_from_slice(args);
@@ -107,19 +180,10 @@ impl Netns {
         }
         serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!(
-                "`ip -n {} -j {}` printed invalid JSON ({e}): {text}",
-                self.name,
+                "`ip -j {}` in {self} printed invalid JSON ({e}): {text}",
                 args.join(" ")
             )
         })
-    }
-
-    /// Runs a program inside the namespace with `ip netns exec` (which also
-    /// mounts the namespace's own sysfs: what the test side wants).
-    pub fn exec(&self, argv: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(argv))
     }
 
     /// Every link, with details (`ip -d -j link show`).
@@ -136,12 +200,11 @@ impl Netns {
         self.links().into_iter().find(|l| l.name == name)
     }
 
-    /// Like [`Netns::link`] but panics with the namespace's link list.
+    /// Like [`NsView::link`] but panics with the namespace's link list.
     pub fn expect_link(&self, name: &str) -> Link {
         self.link(name).unwrap_or_else(|| {
             panic!(
-                "no link {name} in {}; links: {:?}",
-                self.name,
+                "no link {name} in {self}; links: {:?}",
                 self.links().iter().map(|l| &l.name).collect::<Vec<_>>()
             )
         })
@@ -193,9 +256,20 @@ impl Netns {
             .and_then(|e| e["name"].as_str().map(str::to_string))
     }
 
-    /// Reads a file with this namespace's sysfs mounted (via `ip netns exec`).
+    /// Reads a file with this namespace's own sysfs mounted (`ip netns
+    /// exec` mounts it; by path, a private mount namespace does, so nothing
+    /// leaks).
     pub fn read_sys(&self, path: &str) -> Option<String> {
-        let out = self.exec(&["cat", path]);
+        let out = match &self.entry {
+            Entry::Named(name) => {
+                run(Command::new("ip").args(["netns", "exec", name, "cat", path]))
+            }
+            Entry::Path(ns) => run(Command::new("nsenter")
+                .arg(format!("--net={}", ns.display()))
+                .args(["--", "unshare", "--mount", "sh", "-c"])
+                .arg("mount -t sysfs sysfs /sys && exec cat \"$0\"")
+                .arg(path)),
+        };
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -210,22 +284,34 @@ impl Netns {
         );
         let text = self
             .read_sys(&path)
-            .unwrap_or_else(|| panic!("cannot read {path} in netns {}", self.name));
+            .unwrap_or_else(|| panic!("cannot read {path} in {self}"));
         parse_major_minor(&text).unwrap_or_else(|| panic!("bad dev number {text:?} in {path}"))
+    }
+}
+
+impl fmt::Display for NsView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.entry {
+            Entry::Named(name) => write!(f, "netns {name}"),
+            Entry::Path(path) => write!(f, "netns {}", path.display()),
+        }
+    }
+}
+
+impl Netns {
+    /// Runs a program inside the namespace with `ip netns exec` (which also
+    /// mounts the namespace's own sysfs: what the test side wants).
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv))
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if !self.deleted {
-            let out = run(Command::new("ip").args(["netns", "del", &self.name]));
-            if !out.status.success() {
-                eprintln!(
-                    "warning: ip netns del {} failed: {}",
-                    self.name,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+        if let Err(e) = self.remove() {
+            eprintln!("warning: cannot delete netns {}: {e}", self.name);
         }
     }
 }

@@ -1,15 +1,17 @@
-//! A temporary directory guard (no external crates allowed here).
+//! A temporary directory guard.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::names::unique_name;
 
-/// A unique directory under /tmp, removed recursively (device nodes
-/// included) on drop.
+/// A unique directory, removed recursively (device nodes included) on
+/// drop unless kept.
 #[derive(Debug)]
 pub struct TempDir {
     path: PathBuf,
+    keep: bool,
 }
 
 impl TempDir {
@@ -17,7 +19,29 @@ impl TempDir {
         let path = Path::new("/tmp").join(unique_name(tag));
         fs::create_dir(&path)
             .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));
-        TempDir { path }
+        TempDir { path, keep: false }
+    }
+
+    /// A fresh directory `<prefix>XXXXXX` (mkdtemp), for callers that must
+    /// not panic (the lab's `$TMPDIR/macvtapctl-lab-XXXXXX`).
+    pub fn create(prefix: &Path) -> io::Result<TempDir> {
+        let mut template = prefix.as_os_str().to_owned();
+        template.push("XXXXXX");
+        let path = nix::unistd::mkdtemp(Path::new(&template)).map_err(io::Error::from)?;
+        Ok(TempDir { path, keep: false })
+    }
+
+    /// Leave the directory in place when this is dropped.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Removes the directory now (gone already is fine).
+    pub fn remove(&mut self) -> io::Result<()> {
+        match fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -35,10 +59,11 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         // Best effort: a failure here must not turn into a double panic.
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("warning: cannot remove {}: {e}", self.path.display());
-            }
+        if self.keep {
+            return;
+        }
+        if let Err(e) = self.remove() {
+            eprintln!("warning: cannot remove {}: {e}", self.path.display());
         }
     }
 }

@@ -7,7 +7,6 @@
 pub mod containerd;
 pub mod cri;
 pub mod image;
-pub mod nspath;
 pub mod podman;
 pub mod procs;
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::fs;
+use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +40,80 @@ pub struct Registered {
     /// What the kubelet's own dial-back (done inside Register, as the real
     /// kubelet does) got from GetDevicePluginOptions on the endpoint.
     pub dial_back: Result<DevicePluginOptions, String>,
+    /// Why the stand-in refused the registration (its
+    /// [`RegistrationPolicy`]); `None` when it accepted it.
+    pub refused: Option<String>,
+}
+
+/// The API version the stand-in speaks.
+pub const API_VERSION: &str = "v1beta1";
+
+/// What the stand-in checks before it accepts a registration. Always: the
+/// version, an endpoint that is a file name in its directory and a unix
+/// socket there, and a dial-back (GetDevicePluginOptions) that answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationPolicy {
+    /// Refuse a name that is not an extended resource name
+    /// (`<domain>/<name>`, the domain outside kubernetes.io), as the
+    /// kubelet does. Off only for tests that register odd names on purpose.
+    pub extended_resource_name: bool,
+    /// How long the dial-back may take.
+    pub dial_back_timeout: Duration,
+}
+
+impl RegistrationPolicy {
+    /// The tests': a plugin that does not answer within a second fails.
+    pub const TESTS: RegistrationPolicy = RegistrationPolicy {
+        extended_resource_name: true,
+        dial_back_timeout: Duration::from_secs(1),
+    };
+    /// The lab's: its device plugin runs on a busy machine, not under a
+    /// contract's clock.
+    pub const LAB: RegistrationPolicy = RegistrationPolicy {
+        extended_resource_name: true,
+        dial_back_timeout: Duration::from_secs(5),
+    };
+
+    /// Why `request` is refused, the first reason in the kubelet's order;
+    /// `None` when it is accepted.
+    fn refusal(
+        &self,
+        request: &RegisterRequest,
+        dir: &Path,
+        dial_back: &Result<DevicePluginOptions, String>,
+    ) -> Option<String> {
+        if request.version != API_VERSION {
+            return Some(format!(
+                "version {:?}, only {API_VERSION} is spoken",
+                request.version
+            ));
+        }
+        if self.extended_resource_name && !is_extended_resource_name(&request.resource_name) {
+            return Some(format!(
+                "{:?} is not an extended resource name",
+                request.resource_name
+            ));
+        }
+        if !is_file_name(&request.endpoint) {
+            return Some(format!(
+                "endpoint {:?} is not a file name in {}",
+                request.endpoint,
+                dir.display()
+            ));
+        }
+        dial_back.as_ref().err().cloned()
+    }
+}
+
+/// `<domain>/<name>`, both non-empty, the domain outside kubernetes.io.
+fn is_extended_resource_name(name: &str) -> bool {
+    name.split_once('/').is_some_and(|(domain, name)| {
+        !domain.is_empty() && !name.is_empty() && !domain.starts_with("kubernetes.io")
+    })
+}
+
+fn is_file_name(endpoint: &str) -> bool {
+    !endpoint.is_empty() && !endpoint.contains('/')
 }
 
 impl fmt::Debug for Registered {
@@ -51,6 +126,7 @@ impl fmt::Debug for Registered {
             .field("generation", &self.generation)
             .field("socket_existed", &self.socket_existed)
             .field("dial_back", &self.dial_back)
+            .field("refused", &self.refused)
             .finish()
     }
 }
@@ -58,6 +134,7 @@ impl fmt::Debug for Registered {
 #[derive(Clone)]
 struct RegistrationService {
     dir: PathBuf,
+    policy: RegistrationPolicy,
     generation: u32,
     log: Arc<watch::Sender<Vec<Registered>>>,
 }
@@ -68,21 +145,20 @@ impl Registration for RegistrationService {
         let at = Instant::now();
         let request = request.into_inner();
         let socket = self.dir.join(&request.endpoint);
-        let socket_existed = !request.endpoint.is_empty()
-            && !request.endpoint.contains('/')
+        let socket_existed = is_file_name(&request.endpoint)
             && fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket());
         // The kubelet dials the plugin inside Register and fails the
         // registration when it cannot: a plugin must serve first.
+        let timeout = self.policy.dial_back_timeout;
         let dial_back = if socket_existed {
-            match tokio::time::timeout(Duration::from_secs(1), options_of(&socket)).await {
+            match tokio::time::timeout(timeout, options_of(&socket)).await {
                 Ok(r) => r,
-                Err(_) => Err("dial-back timed out after 1 s".to_string()),
+                Err(_) => Err(format!("dial-back timed out after {timeout:?}")),
             }
         } else {
             Err(format!("{} is not a socket", socket.display()))
         };
-        let ok = dial_back.is_ok() && request.version == "v1beta1";
-        let failure = format!("{dial_back:?}, version {:?}", request.version);
+        let refused = self.policy.refusal(&request, &self.dir, &dial_back);
         self.log.send_modify(|v| {
             v.push(Registered {
                 request,
@@ -90,14 +166,14 @@ impl Registration for RegistrationService {
                 generation: self.generation,
                 socket_existed,
                 dial_back,
+                refused: refused.clone(),
             })
         });
-        if ok {
-            Ok(Response::new(Empty {}))
-        } else {
-            Err(Status::invalid_argument(format!(
-                "registration refused by the kubelet stand-in: {failure}"
-            )))
+        match refused {
+            None => Ok(Response::new(Empty {})),
+            Some(why) => Err(Status::invalid_argument(format!(
+                "registration refused by the kubelet stand-in: {why}"
+            ))),
         }
     }
 }
@@ -116,6 +192,7 @@ async fn options_of(socket: &Path) -> Result<DevicePluginOptions, String> {
 #[derive(Debug)]
 pub struct Kubelet {
     dir: PathBuf,
+    policy: RegistrationPolicy,
     log: Arc<watch::Sender<Vec<Registered>>>,
     generation: u32,
     server: Option<ServerThread>,
@@ -124,18 +201,47 @@ pub struct Kubelet {
 }
 
 impl Kubelet {
-    /// Serves Registration on `<dir>/kubelet.sock`.
+    /// Serves Registration on `<dir>/kubelet.sock` with the tests' policy.
     pub fn start(dir: &Path) -> Kubelet {
+        Self::try_start(dir, RegistrationPolicy::TESTS).unwrap_or_else(|e| {
+            panic!(
+                "cannot serve the kubelet stand-in in {}: {e}",
+                dir.display()
+            )
+        })
+    }
+
+    /// Serves Registration on `<dir>/kubelet.sock` with `policy` (the
+    /// socket accepts connections when this returns).
+    pub fn try_start(dir: &Path, policy: RegistrationPolicy) -> io::Result<Kubelet> {
+        let mut k = Kubelet::not_serving(dir, policy);
+        k.server = Some(ServerThread::try_start(&k.socket(), k.routes())?);
+        Ok(k)
+    }
+
+    fn not_serving(dir: &Path, policy: RegistrationPolicy) -> Kubelet {
         let (log, _) = watch::channel(Vec::new());
-        let mut k = Kubelet {
+        Kubelet {
             dir: dir.to_path_buf(),
+            policy,
             log: Arc::new(log),
             generation: 0,
             server: None,
             started_at: Instant::now(),
+        }
+    }
+
+    /// The Registration service of the current generation; `started_at`
+    /// is now.
+    fn routes(&mut self) -> Routes {
+        let svc = RegistrationService {
+            dir: self.dir.clone(),
+            policy: self.policy,
+            generation: self.generation,
+            log: Arc::clone(&self.log),
         };
-        k.serve();
-        k
+        self.started_at = Instant::now();
+        Routes::new(RegistrationServer::new(svc))
     }
 
     fn serve(&mut self) {
@@ -143,13 +249,7 @@ impl Kubelet {
     }
 
     fn serve_listen_delayed(&mut self, delay: Duration) {
-        let svc = RegistrationService {
-            dir: self.dir.clone(),
-            generation: self.generation,
-            log: Arc::clone(&self.log),
-        };
-        let routes = Routes::new(RegistrationServer::new(svc));
-        self.started_at = Instant::now();
+        let routes = self.routes();
         self.server = Some(ServerThread::start_listen_delayed(
             &self.socket(),
             routes,
@@ -191,6 +291,21 @@ impl Kubelet {
             .into_iter()
             .filter(|r| r.generation == self.generation)
             .collect()
+    }
+
+    /// The registration number `index` (counting every generation),
+    /// waiting for it as long as it takes.
+    pub async fn registration(&self, index: usize) -> Registered {
+        let mut rx = self.log.subscribe();
+        let found = rx
+            .wait_for(|v| v.len() > index)
+            .await
+            .map(|v| v[index].clone());
+        match found {
+            Ok(r) => r,
+            // The sender lives in `self`: it cannot be gone while we wait.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Waits until the current generation has received at least `n`
@@ -246,14 +361,7 @@ impl Kubelet {
 
     /// A kubelet that is not running yet: no server, no kubelet.sock.
     pub fn absent(dir: &Path) -> Kubelet {
-        let (log, _) = watch::channel(Vec::new());
-        Kubelet {
-            dir: dir.to_path_buf(),
-            log: Arc::new(log),
-            generation: 0,
-            server: None,
-            started_at: Instant::now(),
-        }
+        Kubelet::not_serving(dir, RegistrationPolicy::TESTS)
     }
 
     /// Starts serving kubelet.sock (after [`Kubelet::absent`] or
@@ -327,11 +435,17 @@ pub struct DeviceWatch {
 impl DeviceWatch {
     /// Opens ListAndWatch on `client`; `what` names it in messages.
     pub async fn start(client: &mut DevicePluginClient<Channel>, what: &str) -> DeviceWatch {
-        let mut stream = client
-            .list_and_watch(Empty {})
+        Self::try_start(client, what)
             .await
             .unwrap_or_else(|e| panic!("ListAndWatch on {what} failed: {e}"))
-            .into_inner();
+    }
+
+    /// [`DeviceWatch::start`] for callers that must not panic (the lab).
+    pub async fn try_start(
+        client: &mut DevicePluginClient<Channel>,
+        what: &str,
+    ) -> Result<DeviceWatch, Status> {
+        let mut stream = client.list_and_watch(Empty {}).await?.into_inner();
         let (tx, _) = watch::channel(WatchState::default());
         let state = Arc::new(tx);
         let sink = Arc::clone(&state);
@@ -353,10 +467,24 @@ impl DeviceWatch {
                 }
             }
         });
-        DeviceWatch {
+        Ok(DeviceWatch {
             state,
             task,
             what: what.to_string(),
+        })
+    }
+
+    /// Update number `index`, waiting for it; `Err` (why) when the stream
+    /// ends first.
+    pub async fn update(&self, index: usize) -> Result<Update, String> {
+        let mut rx = self.state.subscribe();
+        let state = rx
+            .wait_for(|s| s.updates.len() > index || s.ended.is_some())
+            .await
+            .map_err(|_| format!("{}: the reader is gone", self.what))?;
+        match state.updates.get(index) {
+            Some(u) => Ok(u.clone()),
+            None => Err(state.ended.clone().unwrap_or_default()),
         }
     }
 
@@ -445,3 +573,53 @@ pub fn all(devices: &[Device], health: &str) -> bool {
 
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: &str, resource_name: &str, endpoint: &str) -> RegisterRequest {
+        RegisterRequest {
+            version: version.into(),
+            endpoint: endpoint.into(),
+            resource_name: resource_name.into(),
+            options: None,
+        }
+    }
+
+    fn refusal(policy: RegistrationPolicy, r: &RegisterRequest) -> Option<String> {
+        let answered = Ok(DevicePluginOptions::default());
+        policy.refusal(r, Path::new("/dp"), &answered)
+    }
+
+    #[test]
+    fn the_policy_refuses_as_the_kubelet_does_first_reason_first() {
+        let good = request(API_VERSION, "example.com/net", "example.com_net");
+        for policy in [RegistrationPolicy::TESTS, RegistrationPolicy::LAB] {
+            assert_eq!(refusal(policy, &good), None);
+            for (bad, why) in [
+                (request("v1alpha", "no-slash", "a/b"), "version"),
+                (request(API_VERSION, "no-slash", "x"), "extended"),
+                (request(API_VERSION, "/net", "x"), "extended"),
+                (request(API_VERSION, "kubernetes.io/net", "x"), "extended"),
+                (request(API_VERSION, "example.com/net", "a/b"), "file name"),
+                (request(API_VERSION, "example.com/net", ""), "file name"),
+            ] {
+                let got = refusal(policy, &bad).unwrap_or_default();
+                assert!(got.contains(why), "{bad:?}: {got:?}, wanted {why:?}");
+            }
+        }
+        let failed_dial = Err("dial: refused".to_string());
+        let refused = RegistrationPolicy::LAB.refusal(&good, Path::new("/dp"), &failed_dial);
+        assert_eq!(refused.as_deref(), Some("dial: refused"));
+    }
+
+    #[test]
+    fn odd_names_pass_when_the_test_asks_for_it() {
+        let odd = RegistrationPolicy {
+            extended_resource_name: false,
+            ..RegistrationPolicy::TESTS
+        };
+        assert_eq!(refusal(odd, &request(API_VERSION, "odd", "odd.sock")), None);
+    }
+}

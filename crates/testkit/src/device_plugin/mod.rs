@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 pub use crate::*;
 pub use daemon::{bin_dir, daemon_binary, daemon_path, status_text, Daemon, DaemonCmd, Stopped};
 pub use kubelet::{
-    all, client, connect, describe, ids, sockets_in, DeviceWatch, Kubelet, Registered, Update,
-    HEALTHY, KUBELET_SOCKET, UNHEALTHY,
+    all, client, connect, describe, ids, sockets_in, DeviceWatch, Kubelet, Registered,
+    RegistrationPolicy, Update, API_VERSION, HEALTHY, KUBELET_SOCKET, UNHEALTHY,
 };
 pub use monitor::TimedMonitor;
 pub use podres::PodResources;
