@@ -228,14 +228,11 @@ fn forged_record(
 /// is the tenant's, and it may change only what the tenant may (the
 /// kernel drops the filesystem capabilities with a non-zero fsuid).
 fn become_tenant() {
-    // SAFETY: setfsgid/setfsuid change only the calling thread's
-    // filesystem ids; no memory is involved.
-    let uid = unsafe {
-        libc::setfsgid(TENANT);
-        libc::setfsuid(TENANT);
-        libc::setfsuid(u32::MAX) // asks, changes nothing
-    };
-    assert_eq!(uid as u32, TENANT, "setfsuid did not take");
+    use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+    setfsgid(Gid::from_raw(TENANT));
+    setfsuid(Uid::from_raw(TENANT));
+    let uid = setfsuid(Uid::from_raw(u32::MAX)); // asks, changes nothing
+    assert_eq!(uid.as_raw(), TENANT, "setfsuid did not take");
 }
 
 /// Run `f` as the tenant, on a thread of its own.

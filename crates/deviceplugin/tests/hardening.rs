@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -200,11 +199,11 @@ impl Strace {
 
 impl Drop for Strace {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child, by its pid; SIGINT makes strace
-        // detach cleanly from the daemon.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGINT);
-        }
+        // SIGINT makes strace detach cleanly from the daemon.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGINT,
+        );
         let _ = self.child.wait();
     }
 }
@@ -289,7 +288,7 @@ async fn allocate_syncs_once_per_call() {
 /// Holds the state directory's node lock (as a CNI ADD in a slow IPAM
 /// would) until dropped.
 struct NodeLock {
-    _file: File,
+    _file: nix::fcntl::Flock<File>,
 }
 
 impl NodeLock {
@@ -300,8 +299,9 @@ impl NodeLock {
             .write(true)
             .open(state_dir.join("lock"))
             .expect("open the lock file");
-        // SAFETY: flock on an fd we own.
-        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("lock the node lock");
         NodeLock { _file: f }
     }
 }
@@ -568,12 +568,8 @@ fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'sta
     let netns = netns.to_path_buf();
     std::thread::spawn(move || {
         let ns = File::open(&netns).expect("open netns");
-        // SAFETY: setns on this dedicated, short-lived thread only.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns"
-        );
+        // On this dedicated, short-lived thread only.
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         f()
     })
     .join()

@@ -6,7 +6,6 @@ mod common;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -500,10 +499,8 @@ fn http_get(netns: &Path, addr: &str, path: &str) -> std::io::Result<(u16, Strin
     let path = path.to_string();
     std::thread::spawn(move || {
         let ns = File::open(&netns)?;
-        // SAFETY: setns on this dedicated, short-lived thread only.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // On this dedicated, short-lived thread only.
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
         let mut s = TcpStream::connect(&addr)?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
         write!(

@@ -421,8 +421,7 @@ fn sigkill_child() {
     opts.stop_after = ApplyStep::ALL.get(step).copied();
     let result = apply(&store, &ns, &opts);
     assert!(step >= ApplyStep::ALL.len() || result.is_err());
-    // SAFETY: kill(2) on our own pid.
-    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
 }
 
 #[test]

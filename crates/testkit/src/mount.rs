@@ -134,23 +134,3 @@ impl Drop for TmpfsMount {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tmpfs_fills_goes_read_only_and_goes_away() {
-        let m = TmpfsMount::new("selftest-tmpfs", "size=64k,mode=0755");
-        let path = m.path().to_path_buf();
-        let written = m.fill("filler");
-        assert!(written > 0 && written <= 64 * 1024, "wrote {written}");
-        assert!(fs::write(path.join("more"), b"x").is_err(), "not full");
-        fs::remove_file(path.join("filler")).expect("remove filler");
-        m.remount("ro");
-        let e = fs::write(path.join("ro"), b"x").expect_err("read-only");
-        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
-        drop(m);
-        assert!(!path.exists(), "{} survived", path.display());
-    }
-}

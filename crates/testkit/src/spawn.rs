@@ -5,7 +5,7 @@
 //! held forever in the child.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -20,28 +20,28 @@ pub fn join_netns_at_exec(
 ) -> io::Result<()> {
     let netns = netns.as_fd().try_clone_to_owned()?;
     let parent = libc::pid_t::try_from(std::process::id()).map_err(io::Error::other)?;
-    // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed: it makes system calls
-    // (prctl, getppid, setns) and builds errors from errno values
-    // (`last_os_error`, `from_raw_os_error`), none of which allocates.
-    // `netns` is moved into the closure, so its fd is open until the
+    // Runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: system calls (prctl, getppid, setns) and errors
+    // built from errno values (`last_os_error`, `from_raw_os_error`), none of
+    // which allocates. `netns` is moved in, so its fd is open until the
     // Command is dropped.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(signal) = parent_death_signal {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-            }
-            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+    let join = move || {
+        if let Some(signal) = parent_death_signal {
+            // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(())
-        });
+            // The parent may have died before prctl took effect.
+            if nix::unistd::getppid().as_raw() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+        }
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok(())
+    };
+    // SAFETY: the closure is async-signal-safe (see above).
+    unsafe {
+        cmd.pre_exec(join);
     }
     Ok(())
 }
