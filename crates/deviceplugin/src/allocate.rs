@@ -24,9 +24,9 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Allocator {
     pub state: StateDir,
-    /// The kubelet's PodResources socket: where to learn which pod each
-    /// allocation went to (see [`crate::grants`]).
-    pub pod_resources: Option<std::path::PathBuf>,
+    /// Where to hand granted devices so that their grants learn their pod
+    /// (see [`crate::grants`]); None: they stay unbound.
+    pub binder: Option<crate::grants::Binder>,
 }
 
 /// What one Allocate call did, undone in reverse if a later step fails.

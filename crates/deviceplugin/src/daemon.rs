@@ -326,7 +326,10 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
     let mut daemon = Daemon {
         allocator: Arc::new(Allocator {
             state: state.clone(),
-            pod_resources: Some(paths.pod_resources_socket.clone()),
+            binder: Some(crate::grants::start_binder(
+                state.clone(),
+                paths.pod_resources_socket.clone(),
+            )),
         }),
         state,
         paths,

@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
 
 use macvtap_state::{AllocationRecord, PodRef, StateDir};
 
@@ -22,7 +24,8 @@ use crate::kubelet::device_holders;
 use crate::resource::Resource;
 
 /// When to ask the PodResources API after an Allocate: the kubelet usually
-/// lists the pod within milliseconds; a busy one later.
+/// lists the pod within milliseconds; a busy one later. After the last,
+/// the grant stays unbound.
 const ASK_AFTER: [Duration; 7] = [
     Duration::from_millis(20),
     Duration::from_millis(100),
@@ -33,52 +36,87 @@ const ASK_AFTER: [Duration; 7] = [
     Duration::from_secs(10),
 ];
 
-/// After a successful Allocate of `ids`: bind each one's grant (as written
-/// now) to the pod the kubelet lists it under, asking a few times.
-pub async fn bind_after_allocate(state: StateDir, pod_resources: PathBuf, ids: Vec<String>) {
-    // The grants this Allocate wrote: a later Allocate of a device makes a
-    // new one, which its own task binds.
-    let loaded = {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || {
-            ids.iter()
-                .filter_map(|id| state.load_allocation(id).ok().flatten())
-                .map(|r| (r.device_id, r.grant))
-                .collect::<Vec<_>>()
-        })
-        .await
-    };
-    let Ok(mut pending) = loaded else {
-        return;
-    };
-    for delay in ASK_AFTER {
-        if pending.is_empty() {
-            return;
-        }
-        tokio::time::sleep(delay).await;
-        let Some(holders) = device_holders(&pod_resources).await else {
-            continue;
-        };
-        let found: Vec<(String, String, PodRef)> = pending
-            .iter()
-            .filter_map(|(id, grant)| {
-                holders
-                    .get(id)
-                    .map(|pod| (id.clone(), grant.clone(), pod.clone()))
-            })
-            .collect();
-        if found.is_empty() {
-            continue;
-        }
-        let state = state.clone();
-        let Ok(bound) = tokio::task::spawn_blocking(move || bind(&state, &found)).await else {
-            return;
-        };
-        pending.retain(|(id, _)| !bound.contains(id));
+/// Where Allocate hands the devices it granted to the one binder task.
+pub type Binder = mpsc::UnboundedSender<Vec<String>>;
+
+/// One grant waiting for its pod.
+struct Pending {
+    grant: String,
+    allocated: Instant,
+    /// How many of [`ASK_AFTER`] have passed.
+    asked: usize,
+}
+
+impl Pending {
+    fn next_ask(&self) -> Option<Instant> {
+        ASK_AFTER.get(self.asked).map(|d| self.allocated + *d)
     }
-    for (id, _) in &pending {
-        tracing::info!(device = %id, "the kubelet lists no pod for this allocation yet; its grant stays unbound");
-    }
+}
+
+/// Start the binder: one task for the daemon, which asks the PodResources
+/// API (one query for every grant due, so at most one connection at a
+/// time) and binds each grant to the pod the kubelet lists it under.
+pub fn start_binder(state: StateDir, pod_resources: PathBuf) -> Binder {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<String>>();
+    tokio::spawn(async move {
+        let mut pending: HashMap<String, Pending> = HashMap::new();
+        loop {
+            let next = pending.values().filter_map(Pending::next_ask).min();
+            let wait = next.map_or(Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(Instant::now())
+            });
+            tokio::select! {
+                ids = rx.recv() => {
+                    let Some(ids) = ids else { return };
+                    let st = state.clone();
+                    // The grants this Allocate wrote: a later Allocate of a
+                    // device makes a new one, which replaces this entry.
+                    let Ok(loaded) = tokio::task::spawn_blocking(move || {
+                        ids.iter()
+                            .filter_map(|id| st.load_allocation(id).ok().flatten())
+                            .map(|r| (r.device_id, r.grant))
+                            .collect::<Vec<_>>()
+                    })
+                    .await else { continue };
+                    for (id, grant) in loaded {
+                        pending.insert(id, Pending { grant, allocated: Instant::now(), asked: 0 });
+                    }
+                }
+                _ = tokio::time::sleep(wait), if next.is_some() => {
+                    let now = Instant::now();
+                    for p in pending.values_mut() {
+                        while p.next_ask().is_some_and(|t| t <= now) {
+                            p.asked += 1;
+                        }
+                    }
+                    if let Some(holders) = device_holders(&pod_resources).await {
+                        let found: Vec<(String, String, PodRef)> = pending
+                            .iter()
+                            .filter_map(|(id, p)| {
+                                holders.get(id).map(|pod| (id.clone(), p.grant.clone(), pod.clone()))
+                            })
+                            .collect();
+                        if !found.is_empty() {
+                            let st = state.clone();
+                            if let Ok(done) = tokio::task::spawn_blocking(move || bind(&st, &found)).await {
+                                for id in done {
+                                    pending.remove(&id);
+                                }
+                            }
+                        }
+                    }
+                    pending.retain(|id, p| {
+                        let keep = p.next_ask().is_some();
+                        if !keep {
+                            tracing::info!(device = %id, "the kubelet lists no pod for this allocation; its grant stays unbound");
+                        }
+                        keep
+                    });
+                }
+            }
+        }
+    });
+    tx
 }
 
 /// Write each pod into its device's grant if that grant is still the one

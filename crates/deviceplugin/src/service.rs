@@ -132,12 +132,8 @@ impl DevicePlugin for PluginService {
         match result {
             Ok(response) => {
                 Counters::add(&self.resource.counters.allocations);
-                if let Some(socket) = &self.allocator.pod_resources {
-                    tokio::spawn(crate::grants::bind_after_allocate(
-                        self.allocator.state.clone(),
-                        socket.clone(),
-                        ids,
-                    ));
+                if let Some(binder) = &self.allocator.binder {
+                    let _ = binder.send(ids);
                 }
                 tracing::info!(
                     resource = %self.resource.config.name,
