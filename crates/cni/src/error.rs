@@ -111,7 +111,7 @@ impl From<macvtap_state::Error> for CniError {
             | E::BadPolicy(..) => code::STATE_DIR,
             E::LockTimeout { .. } => code::TRY_AGAIN_LATER,
         };
-        CniError::new(c, e.to_string())
+        CniError::new(c, macvtap_net::error_chain(&e))
     }
 }
 

@@ -18,15 +18,16 @@ use crate::spec::CniResult;
 
 /// Map a kernel-side error to the CNI error a runtime should see.
 pub(crate) fn kernel_error(e: macvtap_net::Error) -> CniError {
+    let msg = macvtap_net::error_chain(&e);
     match e {
-        macvtap_net::Error::NetnsMissing(_) => err(code::UNKNOWN_CONTAINER, e.to_string()),
+        macvtap_net::Error::NetnsMissing(_) => err(code::UNKNOWN_CONTAINER, msg),
         macvtap_net::Error::NotANetns(_) => {
-            err(code::INVALID_ENVIRONMENT, format!("CNI_NETNS: {e}"))
+            err(code::INVALID_ENVIRONMENT, format!("CNI_NETNS: {msg}"))
         }
         macvtap_net::Error::TapDevice { .. } | macvtap_net::Error::DeviceNode { .. } => {
-            err(code::DEVICE_NODE, e.to_string())
+            err(code::DEVICE_NODE, msg)
         }
-        _ => err(code::KERNEL, e.to_string()),
+        _ => err(code::KERNEL, msg),
     }
 }
 

@@ -180,7 +180,10 @@ pub fn run(scope: &Scope, args: &DoctorArgs) -> Result<Report, DoctorError> {
                 &link.name,
                 "device",
                 Status::Problem,
-                format!("cannot read the tap device number: {e}"),
+                format!(
+                    "cannot read the tap device number: {}",
+                    macvtap_net::error_chain(&e)
+                ),
                 None,
                 None,
             ),
@@ -214,7 +217,10 @@ fn check_handovers(f: &mut Findings, state_dir: &str) {
                 "host",
                 "handover",
                 Status::Note,
-                format!("cannot read the handover records under {state_dir}: {e}"),
+                format!(
+                    "cannot read the handover records under {state_dir}: {}",
+                    macvtap_net::error_chain(&e)
+                ),
                 None,
                 None,
             );

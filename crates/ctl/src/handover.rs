@@ -43,18 +43,21 @@ pub enum HandoverError {
     Handover(#[from] macvtap_handover::Error),
     #[error(transparent)]
     Qemu(#[from] QemuError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
         source: io::Error,
     },
-    #[error("{error}; the handover was undone, the container has its identity back")]
+    #[error("the handover failed and was undone, the container has its identity back")]
     UndoneAfter {
         #[source]
         error: Box<HandoverError>,
     },
-    #[error("{error}; undoing it failed too ({undo}): run `macvtapctl handover --undo` with the same --netns/--pid and --interface")]
+    #[error(
+        "the handover failed and undoing it failed too ({}): run `macvtapctl handover --undo` with the same --netns/--pid and --interface",
+        macvtap_net::error_chain(undo)
+    )]
     UndoFailed {
         #[source]
         error: Box<HandoverError>,

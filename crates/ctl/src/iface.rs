@@ -84,7 +84,13 @@ impl InterfaceInfo {
         let dev = sysfs.tap_device_number(&link.name, link.index);
         let (device_node, device_node_note) = match &dev {
             Ok(dev) => node_note(link.index, *dev),
-            Err(e) => (None, format!("the tap device number is unreadable: {e}")),
+            Err(e) => (
+                None,
+                format!(
+                    "the tap device number is unreadable: {}",
+                    macvtap_net::error_chain(e)
+                ),
+            ),
         };
         InterfaceInfo {
             name: link.name.clone(),

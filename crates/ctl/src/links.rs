@@ -20,14 +20,14 @@ pub enum LinkError {
     SourceMacsUnexpected(MacvtapMode),
     #[error("an interface named {name:?} already exists in {label}")]
     NameTaken { name: String, label: String },
-    #[error("cannot create macvtap {name}: {source}{hint}")]
+    #[error("cannot create macvtap {name}{hint}")]
     Create {
         name: String,
         #[source]
         source: macvtap_net::Error,
         hint: String,
     },
-    #[error("cannot delete {name}: {source}")]
+    #[error("cannot delete {name}")]
     Delete {
         name: String,
         #[source]

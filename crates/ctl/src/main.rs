@@ -23,7 +23,7 @@ enum CtlError {
     Doctor(#[from] doctor::DoctorError),
     #[error(transparent)]
     Handover(#[from] handover::HandoverError),
-    #[error("cannot encode JSON: {0}")]
+    #[error("cannot encode JSON")]
     Json(#[from] serde_json::Error),
 }
 

@@ -26,7 +26,7 @@ pub enum QemuError {
     VhostUnavailable(String),
     #[error("{name} has no MAC address")]
     NoMac { name: String },
-    #[error("cannot run {program}: {source}{hint}")]
+    #[error("cannot run {program}{hint}")]
     Start {
         program: PathBuf,
         #[source]

@@ -11,15 +11,15 @@ use macvtap_net::{named_netns_path, Link, NetNs, Netlink, SysfsView};
 pub enum ScopeError {
     #[error("network namespace {name:?} does not exist ({path} is missing; `ip netns list` shows the names)")]
     NoSuchNamespace { name: String, path: PathBuf },
-    #[error("cannot use network namespace {name:?}: {source}")]
+    #[error("cannot use network namespace {name:?}")]
     Namespace {
         name: String,
         #[source]
         source: macvtap_net::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Kernel(#[from] macvtap_net::Error),
-    #[error("cannot mount a sysfs view of {label}: {source}")]
+    #[error("cannot mount a sysfs view of {label}")]
     Sysfs {
         label: String,
         #[source]

@@ -17,17 +17,17 @@ use crate::scope::{Scope, ScopeError};
 pub enum TapError {
     #[error(transparent)]
     Scope(#[from] ScopeError),
-    #[error("cannot read the tap device number of {name}: {source}")]
+    #[error("cannot read the tap device number of {name}")]
     DeviceNumber {
         name: String,
         #[source]
         source: macvtap_net::Error,
     },
-    #[error("cannot make a private device node: {0}")]
+    #[error("cannot make a private device node")]
     Node(#[source] io::Error),
-    #[error("cannot make a private device node: {0}")]
+    #[error("cannot make a private device node")]
     NodeKernel(#[source] macvtap_net::Error),
-    #[error("cannot open the tap device {dev} of {name} (queue {queue}): {source}")]
+    #[error("cannot open the tap device {dev} of {name} (queue {queue})")]
     Open {
         name: String,
         dev: DeviceNumber,
@@ -35,7 +35,7 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot open the device node {path} as uid {uid}, gid {gid}: {source}")]
+    #[error("cannot open the device node {path} as uid {uid}, gid {gid}")]
     OpenAs {
         path: PathBuf,
         uid: u32,
@@ -45,7 +45,7 @@ pub enum TapError {
     },
     #[error("the device opened for {want} belongs to {got:?}; refusing to use it")]
     WrongInterface { want: String, got: String },
-    #[error("TUNGETIFF on the tap device of {name} failed: {source}")]
+    #[error("TUNGETIFF on the tap device of {name} failed")]
     GetIff {
         name: String,
         #[source]

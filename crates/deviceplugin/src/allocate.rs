@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use macvtap_net::{MacvtapSpec, Netlink, SysfsView};
+use macvtap_net::{error_chain, MacvtapSpec, Netlink, SysfsView};
 use macvtap_state::{host_link_name, parse_device_id, AllocationRecord, Attach, NodeRef, StateDir};
 use tokio::sync::oneshot;
 use tonic::Status;
@@ -121,7 +121,7 @@ impl Allocator {
         let _lock = match self.state.lock(LOCK_TIMEOUT) {
             Ok(lock) => lock,
             Err(e) => {
-                let _ = reply.send(Err(internal("state directory")(e.to_string())));
+                let _ = reply.send(Err(internal("state directory")(error_chain(&e))));
                 return;
             }
         };
@@ -181,8 +181,9 @@ impl Allocator {
                 let node_path = self.state.device_node_path(id);
                 if cfg.attach == Attach::Host {
                     if netlink.is_none() {
-                        netlink =
-                            Some(Netlink::open().map_err(|e| internal("netlink")(e.to_string()))?);
+                        netlink = Some(
+                            Netlink::open().map_err(|e| internal("netlink")(error_chain(&e)))?,
+                        );
                     }
                     let nl = netlink.as_mut().expect("opened above");
                     self.host_link(nl, resource, id, *ifindex, undo)?;
@@ -193,7 +194,7 @@ impl Allocator {
                     // makes the right one.
                     self.state
                         .remove_node(NodeRef::Device(id), None)
-                        .map_err(|e| Status::internal(e.to_string()))?;
+                        .map_err(|e| Status::internal(error_chain(&e)))?;
                 }
                 // The grant: the pod's CNI ADD may use the device only with it.
                 grants.push(AllocationRecord::new(
@@ -219,7 +220,7 @@ impl Allocator {
         undo.records = grants.iter().map(|r| r.device_id.clone()).collect();
         self.state
             .save_allocations(&grants)
-            .map_err(|e| internal("allocation records")(e.to_string()))?;
+            .map_err(|e| internal("allocation records")(error_chain(&e)))?;
         Ok(AllocateResponse {
             container_responses,
         })
@@ -237,7 +238,7 @@ impl Allocator {
     ) -> Result<(), Status> {
         let cfg = &resource.config;
         let name = host_link_name(ifindex);
-        let nl_err = |e: macvtap_net::Error| Status::internal(e.to_string());
+        let nl_err = |e: macvtap_net::Error| Status::internal(error_chain(&e));
         let lower = nl
             .link_by_name(&cfg.lower_device)
             .map_err(nl_err)?
@@ -272,12 +273,12 @@ impl Allocator {
                     ifindex: Some(ifindex),
                     netns_fd: None,
                 })
-                .map_err(|e| Status::internal(format!("create {name}: {e}")))?;
+                .map_err(|e| Status::internal(format!("create {name}: {}", error_chain(&e))))?;
                 undo.links.push(ifindex);
             }
         }
         let dev = SysfsView::here()
-            .map_err(|e| Status::internal(format!("sysfs: {e}")))?
+            .map_err(|e| Status::internal(format!("sysfs: {}", error_chain(&e))))?
             .tap_device_number(&name, ifindex)
             .map_err(nl_err)?;
         undo.nodes.push(device_id.to_string());
@@ -289,7 +290,7 @@ impl Allocator {
                 NODE_OWNER,
                 NODE_OWNER,
             )
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Status::internal(error_chain(&e)))?;
         Ok(())
     }
 

@@ -51,27 +51,27 @@ impl Default for Tuning {
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The state directory is unusable.
-    #[error("state directory: {0}")]
+    #[error("state directory")]
     State(#[from] macvtap_state::Error),
     /// Links cannot be listed or followed.
-    #[error("following host links: {0}")]
+    #[error("following host links")]
     Links(#[from] macvtap_net::Error),
     /// The device-plugin directory is unusable.
-    #[error("device-plugin directory {path}: {source}")]
+    #[error("device-plugin directory {path}")]
     PluginDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// A resource's socket cannot be served.
-    #[error("serving resource {name}: {source}")]
+    #[error("serving resource {name}")]
     Serve {
         name: String,
         #[source]
         source: std::io::Error,
     },
     /// The metrics address cannot be bound.
-    #[error("metrics address {addr}: {source}")]
+    #[error("metrics address {addr}")]
     Metrics {
         addr: SocketAddr,
         #[source]
@@ -82,8 +82,8 @@ pub enum DaemonError {
     #[error("{0}")]
     Watch(String),
     /// Signal handlers cannot be installed.
-    #[error("signal handling: {0}")]
-    Signals(std::io::Error),
+    #[error("signal handling")]
+    Signals(#[source] std::io::Error),
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
@@ -381,7 +381,10 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
     daemon.stop();
     match &result {
         Ok(()) => tracing::info!("stopped; sockets removed"),
-        Err(e) => tracing::error!("stopping on error, sockets removed: {e}"),
+        Err(e) => tracing::error!(
+            "stopping on error, sockets removed: {}",
+            macvtap_net::error_chain(e)
+        ),
     }
     result
 }

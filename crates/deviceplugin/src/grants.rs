@@ -142,7 +142,7 @@ fn bind(state: &StateDir, found: &[(String, String, PodRef)]) -> Vec<String> {
         }
     }
     if let Err(e) = state.save_allocations(&updated) {
-        tracing::warn!("binding grants to pods: {e}");
+        tracing::warn!("binding grants to pods: {}", macvtap_net::error_chain(&e));
         return Vec::new();
     }
     done
@@ -193,7 +193,10 @@ pub fn rederive(
     match state.save_allocations(&written) {
         Ok(()) => written.len(),
         Err(e) => {
-            tracing::warn!("re-deriving grants from the PodResources API: {e}");
+            tracing::warn!(
+                "re-deriving grants from the PodResources API: {}",
+                macvtap_net::error_chain(&e)
+            );
             0
         }
     }

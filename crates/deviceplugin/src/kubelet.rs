@@ -75,7 +75,11 @@ impl Served {
                 .serve_with_incoming(UnixListenerStream::new(listener))
                 .await;
             if let Err(e) = served {
-                tracing::error!("serving {}: {e}", shown.display());
+                tracing::error!(
+                    "serving {}: {}",
+                    shown.display(),
+                    macvtap_net::error_chain(&e)
+                );
             }
         });
         Ok(Served { path, task })
@@ -91,9 +95,13 @@ impl Served {
 
 /// Register a served resource with the kubelet.
 pub async fn register(dir: &Path, resource: &Resource) -> Result<(), String> {
-    let channel = connect_unix(&dir.join(KUBELET_SOCKET))
-        .await
-        .map_err(|e| format!("connect to {}: {e}", dir.join(KUBELET_SOCKET).display()))?;
+    let channel = connect_unix(&dir.join(KUBELET_SOCKET)).await.map_err(|e| {
+        format!(
+            "connect to {}: {}",
+            dir.join(KUBELET_SOCKET).display(),
+            macvtap_net::error_chain(&e)
+        )
+    })?;
     let request = RegisterRequest {
         version: API_VERSION.into(),
         endpoint: resource.socket_name(),

@@ -116,11 +116,13 @@ pub fn watch_links() -> macvtap_net::Result<watch::Receiver<Arc<LinkTable>>> {
                     tracing::warn!("link events were lost; listing links again");
                     match describer.dump() {
                         Ok(t) => table = t,
-                        Err(e) => tracing::error!("listing links: {e}"),
+                        Err(e) => {
+                            tracing::error!("listing links: {}", macvtap_net::error_chain(&e))
+                        }
                     }
                 }
                 Err(e) => {
-                    tracing::error!("reading link events: {e}");
+                    tracing::error!("reading link events: {}", macvtap_net::error_chain(&e));
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }

@@ -77,8 +77,8 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
 fn install_node_policy(path: &std::path::Path, state_dir: &str) -> Result<String, String> {
     use std::io::Write;
     let text = std::env::var("MACVTAP_NODE_POLICY").unwrap_or_else(|_| "{}".into());
-    let policy =
-        macvtap_state::NodePolicy::from_json(text.as_bytes(), path).map_err(|e| e.to_string())?;
+    let policy = macvtap_state::NodePolicy::from_json(text.as_bytes(), path)
+        .map_err(|e| macvtap_net::error_chain(&e))?;
     if std::path::Path::new(&policy.state_dir) != std::path::Path::new(state_dir) {
         return Err(format!(
             "stateDir {:?} differs from the device plugin's --state-dir {state_dir:?}: both plugins must share one state directory",
@@ -216,7 +216,7 @@ fn main() -> ExitCode {
     match runtime.block_on(daemon::run(config, paths, tuning)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("macvtap-deviceplugin: {e}");
+            eprintln!("macvtap-deviceplugin: {}", macvtap_net::error_chain(&e));
             ExitCode::FAILURE
         }
     }

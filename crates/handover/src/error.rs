@@ -13,7 +13,7 @@ pub enum Error {
         source: macvtap_net::Error,
     },
     /// The namespace path is missing or is not a network namespace.
-    #[error("cannot open the network namespace: {source}; nothing changed")]
+    #[error("cannot open the network namespace; nothing changed")]
     Netns {
         #[source]
         source: macvtap_net::Error,
@@ -44,7 +44,7 @@ pub enum Error {
         record: PathBuf,
     },
     /// The state directory could not be opened or is not trusted.
-    #[error("state directory: {source}; nothing changed")]
+    #[error("state directory; nothing changed")]
     StateDir {
         #[source]
         source: macvtap_state::Error,
@@ -53,7 +53,7 @@ pub enum Error {
     #[error("{path}: {why}")]
     Untrusted { path: PathBuf, why: String },
     /// Reading or writing a record failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Record {
         op: &'static str,
         path: PathBuf,
@@ -61,7 +61,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A record is not what this crate writes.
-    #[error("record {path} cannot be read: {source}")]
+    #[error("record {path} cannot be read")]
     CorruptRecord {
         path: PathBuf,
         #[source]
@@ -71,21 +71,21 @@ pub enum Error {
     #[error("record {path} does not match the namespace now: {why}")]
     RecordMismatch { path: PathBuf, why: String },
     /// resolv.conf could not be read.
-    #[error("cannot read resolv.conf {path}: {source}")]
+    #[error("cannot read resolv.conf {path}")]
     ResolvConf {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
     /// A link, namespace or device-node operation of macvtap-net failed.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Net {
         op: String,
         #[source]
         source: macvtap_net::Error,
     },
     /// An rtnetlink request of this crate's own module failed.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Rtnl {
         op: String,
         #[source]
@@ -95,7 +95,10 @@ pub enum Error {
     #[error("{op}: cannot decode the kernel's answer: {detail}")]
     Decode { op: String, detail: String },
     /// Applying failed and the rollback failed too: the record stays for `undo`.
-    #[error("{source}; rolling back also failed ({rollback}); the record is kept: run undo")]
+    #[error(
+        "rolling back also failed ({}), the record is kept for undo; what failed",
+        macvtap_net::error_chain(rollback.as_ref())
+    )]
     RollbackFailed {
         #[source]
         source: Box<Error>,
@@ -108,7 +111,7 @@ pub enum Error {
     #[error("{0}")]
     Delivery(String),
     /// DHCP server socket or thread failure.
-    #[error("DHCP server: {op}: {source}")]
+    #[error("DHCP server: {op}")]
     Dhcp {
         op: &'static str,
         #[source]
@@ -118,7 +121,7 @@ pub enum Error {
     #[error("apply stopped after step {0:?} by the test hook; the record stays for undo")]
     StoppedByHook(crate::ApplyStep),
     /// Building the NoCloud image failed.
-    #[error("NoCloud seed: {op}: {source}")]
+    #[error("NoCloud seed: {op}")]
     Seed {
         op: &'static str,
         #[source]

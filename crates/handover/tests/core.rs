@@ -265,7 +265,8 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     let err = Target::Path(PathBuf::from("/run/netns/does-not-exist-handover"))
         .open()
         .unwrap_err();
-    assert!(err.to_string().contains("does not exist"), "{err}");
+    let chain = macvtap_net::error_chain(&err);
+    assert!(chain.contains("does not exist"), "{chain}");
     let mut pid = 4_000_000;
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
         pid += 1;
@@ -339,7 +340,8 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     std::fs::create_dir(&open_dir).unwrap();
     std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let err = Store::open(open_dir.to_str().unwrap()).unwrap_err();
-    assert!(err.to_string().contains("lets others write"), "{err}");
+    let chain = macvtap_net::error_chain(&err);
+    assert!(chain.contains("lets others write"), "{chain}");
     // And one whose handover directory was swapped for a symlink.
     let swapped = w.tmp.path().join("swapped");
     std::fs::create_dir(&swapped).unwrap();

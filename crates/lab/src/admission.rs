@@ -86,9 +86,13 @@ impl KubeletSide {
         let what = registered.request.resource_name.clone();
         let (client, watch) = self.runtime.block_on(async {
             let opened = async {
-                let mut client = connect(&socket)
-                    .await
-                    .map_err(|e| format!("cannot dial {}: {e}", socket.display()))?;
+                let mut client = connect(&socket).await.map_err(|e| {
+                    format!(
+                        "cannot dial {}: {}",
+                        socket.display(),
+                        macvtap_net::error_chain(&e)
+                    )
+                })?;
                 let watch = DeviceWatch::try_start(&mut client, &what)
                     .await
                     .map_err(|e| format!("ListAndWatch on {what}: {}", e.message()))?;

@@ -85,7 +85,7 @@ impl Attachment {
     ) -> Result<(Attachment, Value, Duration), PluginCallError> {
         let node = NetNs::open(node_netns).map_err(|e| PluginCallError::Run {
             plugin: plugin.to_path_buf(),
-            detail: e.to_string(),
+            detail: macvtap_net::error_chain(&e),
         })?;
         let mut attachment = Attachment {
             plugin: plugin.to_path_buf(),
@@ -142,8 +142,8 @@ impl Attachment {
         let mut child = self
             .node
             .run(|| cmd.spawn())
-            .map_err(|e| run_err(e.to_string()))?
-            .map_err(|e| run_err(e.to_string()))?;
+            .map_err(|e| run_err(macvtap_net::error_chain(&e)))?
+            .map_err(|e| run_err(macvtap_net::error_chain(&e)))?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(self.config.as_bytes());
         }
@@ -159,7 +159,7 @@ impl Attachment {
                     let _ = child.wait();
                     return Err(run_err("did not finish within 30 s; killed it".into()));
                 }
-                Err(e) => return Err(run_err(e.to_string())),
+                Err(e) => return Err(run_err(macvtap_net::error_chain(&e))),
             }
         };
         let took = started.elapsed();
@@ -198,7 +198,7 @@ impl Drop for Attachment {
     fn drop(&mut self) {
         if !self.keep {
             if let Err(e) = self.del() {
-                eprintln!("macvtap-lab: cleanup: {e}");
+                eprintln!("macvtap-lab: cleanup: {}", macvtap_net::error_chain(&e));
             }
         }
     }

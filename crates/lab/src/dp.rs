@@ -117,8 +117,9 @@ pub(crate) fn attach(
     };
     let kubelet = KubeletSide::start(&launch.plugin_dir).map_err(|e| {
         LabError::DevicePlugin(format!(
-            "cannot serve the kubelet stand-in on {}: {e}",
-            launch.plugin_dir.join("kubelet.sock").display()
+            "cannot serve the kubelet stand-in on {}: {}",
+            launch.plugin_dir.join("kubelet.sock").display(),
+            macvtap_net::error_chain(&e)
         ))
     })?;
     let kubelet = ctx.made.kubelet.insert(kubelet);
@@ -126,9 +127,13 @@ pub(crate) fn attach(
         "== kubelet stand-in: Registration on {}",
         kubelet.dir().join("kubelet.sock").display()
     ));
-    let daemon = launch
-        .try_spawn()
-        .map_err(|e| LabError::DevicePlugin(format!("cannot start {}: {e}", binary.display())))?;
+    let daemon = launch.try_spawn().map_err(|e| {
+        LabError::DevicePlugin(format!(
+            "cannot start {}: {}",
+            binary.display(),
+            macvtap_net::error_chain(&e)
+        ))
+    })?;
     let daemon = ctx.made.daemon.insert(daemon);
     say.line(format!(
         "== device plugin {} (pid {}) in {}: DP_MACVTAP_CONF={conf}",
@@ -235,7 +240,7 @@ pub(crate) fn attach(
     let host_path = PathBuf::from(&spec.host_path);
     let node_info = NodeInfo::stat(&host_path).map_err(|e| LabError::Check {
         what: "DeviceSpec host_path",
-        detail: format!("{}: {e}", host_path.display()),
+        detail: format!("{}: {}", host_path.display(), macvtap_net::error_chain(&e)),
     })?;
     let node_dev = node_info.dev.to_string();
     let node_matches = node_info.is_char_device && Some(&node_dev) == info.device.as_ref();

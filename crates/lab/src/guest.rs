@@ -51,7 +51,7 @@ pub enum GuestError {
     Tool { program: String, detail: String },
     #[error("cannot download the kernel package: {0}")]
     Download(String),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -182,7 +182,7 @@ fn tool(cmd: &mut Command) -> Result<Vec<u8>, GuestError> {
     let program = words.join(" ");
     let out = cmd.output().map_err(|e| GuestError::Tool {
         program: program.clone(),
-        detail: e.to_string(),
+        detail: macvtap_net::error_chain(&e),
     })?;
     if !out.status.success() {
         return Err(GuestError::Tool {
@@ -225,7 +225,7 @@ fn kernel_package() -> Result<String, GuestError> {
             .args(["update", "-qq"])
             .stdin(Stdio::null()),
     )
-    .map_err(|e| GuestError::NoKernelPackage(e.to_string()))?;
+    .map_err(|e| GuestError::NoKernelPackage(macvtap_net::error_chain(&e)))?;
     ask()?.ok_or_else(|| {
         GuestError::NoKernelPackage("apt-cache depends linux-image-amd64 names no kernel".into())
     })
@@ -247,7 +247,7 @@ fn build(package: &str, work: &Path, dest: &Path) -> Result<GuestImage, GuestErr
             .stdin(Stdio::null())
             .current_dir(work),
     )
-    .map_err(|e| GuestError::Download(e.to_string()))?;
+    .map_err(|e| GuestError::Download(macvtap_net::error_chain(&e)))?;
     let deb = fs::read_dir(work)
         .map_err(io_err(format!("read {}", work.display())))?
         .flatten()
@@ -308,7 +308,7 @@ fn extract(deb: &Path, into: &Path) -> Result<(), GuestError> {
         .spawn()
         .map_err(|e| GuestError::Tool {
             program: "dpkg-deb".into(),
-            detail: e.to_string(),
+            detail: macvtap_net::error_chain(&e),
         })?;
     let Some(tar_input) = dpkg.stdout.take() else {
         return Err(GuestError::Tool {

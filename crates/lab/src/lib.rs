@@ -63,7 +63,7 @@ const REPLY_GRACE_STAND_IN: Duration = Duration::from_secs(3);
 pub enum LabError {
     #[error("the lab must run as root: it creates network namespaces, links and device nodes")]
     NotRoot,
-    #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
+    #[error("cannot install the SIGINT/SIGTERM handlers")]
     Signals(#[source] nix::Error),
     #[error("--vm always, but no VM can be booted: {0}")]
     NoVm(String),
@@ -277,7 +277,7 @@ impl Made {
         self.standin = None;
         if let Some(mut a) = self.attachment.take() {
             if let Err(e) = a.del() {
-                problems.push(e.to_string());
+                problems.push(macvtap_net::error_chain(&e));
             }
         }
         // As on a node: the pod is gone, then the plugin stops (SIGTERM:
@@ -296,7 +296,11 @@ impl Made {
         problems.extend(self.namespaces.remove());
         if let Some(mut d) = self.dir.take() {
             if let Err(e) = d.remove() {
-                problems.push(format!("{}: {e}", d.path().display()));
+                problems.push(format!(
+                    "{}: {}",
+                    d.path().display(),
+                    macvtap_net::error_chain(&e)
+                ));
             }
         }
         Teardown { problems, daemon }
@@ -331,7 +335,10 @@ pub fn run(args: &LabArgs, json: bool) -> Result<LabReport, LabError> {
                 made.namespaces.names().join(" "),
                 path.display()
             )),
-            Err(e) => say.line(format!("\n== kept, but no cleanup script: {e}")),
+            Err(e) => say.line(format!(
+                "\n== kept, but no cleanup script: {}",
+                macvtap_net::error_chain(&e)
+            )),
         }
         return outcome.map(|mut report| {
             report.cleanup_script = script.ok().map(|p| p.display().to_string());
@@ -481,9 +488,9 @@ fn choose_guest(args: &LabArgs, say: Say) -> Result<GuestChoice, LabError> {
     match guest::ensure(&args.cache_dir) {
         Ok(ensured) => Ok(GuestChoice::Vm(ensured)),
         Err(e @ GuestError::BadIp(_)) | Err(e @ GuestError::BadTag(_)) => {
-            Err(LabError::NoVm(e.to_string()))
+            Err(LabError::NoVm(macvtap_net::error_chain(&e)))
         }
-        Err(e) => no_vm(e.to_string()),
+        Err(e) => no_vm(macvtap_net::error_chain(&e)),
     }
 }
 
@@ -603,7 +610,7 @@ impl Ctx<'_> {
         let nonce = nonce();
         let tag = format!("mvlab-{}-{:04x}", std::process::id(), nonce & 0xffff);
         let dir = TempDir::create(&std::env::temp_dir().join("macvtapctl-lab-"))
-            .map_err(|e| setup_err("lab directory")(e.to_string()))?;
+            .map_err(|e| setup_err("lab directory")(macvtap_net::error_chain(&e)))?;
         let dir_path = dir.path().to_path_buf();
         self.made.dir = Some(dir);
         say.line(format!("== lab directory {}", dir_path.display()));
@@ -621,7 +628,7 @@ impl Ctx<'_> {
             self.made
                 .namespaces
                 .create(name)
-                .map_err(|e| setup_err(format!("namespace {name}"))(e.to_string()))
+                .map_err(|e| setup_err(format!("namespace {name}"))(macvtap_net::error_chain(&e)))
         };
         let lan = create(&names.lan)?;
         let node = create(&names.node)?;
@@ -721,7 +728,7 @@ impl Ctx<'_> {
             &format!("file:{}", serial.display()),
             &format!("{:08x}", world.nonce),
         )
-        .map_err(|e| LabError::NoVm(e.to_string()))?;
+        .map_err(|e| LabError::NoVm(macvtap_net::error_chain(&e)))?;
         let romless = vec!["romfile=".to_string()];
         let nic = NicOptions {
             queues: 1,
@@ -753,10 +760,11 @@ impl Ctx<'_> {
         for note in &plan.notes {
             say.line(format!("   note: {note}"));
         }
-        let log_file = fs::File::create(&log).map_err(|e| setup_err("QEMU log")(e.to_string()))?;
+        let log_file = fs::File::create(&log)
+            .map_err(|e| setup_err("QEMU log")(macvtap_net::error_chain(&e)))?;
         let log_err = log_file
             .try_clone()
-            .map_err(|e| setup_err("QEMU log")(e.to_string()))?;
+            .map_err(|e| setup_err("QEMU log")(macvtap_net::error_chain(&e)))?;
         let started = Instant::now();
         // Born in the pod's namespace, like virt-launcher's QEMU.
         let child = pod.run(|| {
@@ -801,7 +809,7 @@ impl Ctx<'_> {
         let started = Instant::now();
         self.made.standin = Some(
             GuestStandIn::start(std::fs::File::from(fd), guest_mac, GUEST_IP, true)
-                .map_err(|e| setup_err("stand-in")(e.to_string()))?,
+                .map_err(|e| setup_err("stand-in")(macvtap_net::error_chain(&e)))?,
         );
         self.say.line(format!(
             "== a stand-in answers ARP and ping as {GUEST_IP} on {POD_IF}'s tap device, MAC {guest_mac}"
@@ -846,7 +854,7 @@ impl Ctx<'_> {
             check_signal()?;
             if let Some(rtt) = pinger
                 .ping(Duration::from_secs(1))
-                .map_err(|e| setup_err("ping")(e.to_string()))?
+                .map_err(|e| setup_err("ping")(macvtap_net::error_chain(&e)))?
             {
                 rtts.push(ms(rtt));
             }
@@ -1065,16 +1073,17 @@ impl CniCall<'_> {
 fn wire(lan: &Scope, node: &Scope, pod: &Scope) -> Result<(), LabError> {
     let lan_fd = lan.netns().raw_fd();
     node.run(|| create_veth_pair(UPLINK, LAN_IF, Some(lan_fd)))?
-        .map_err(|e| setup_err("veth uplink")(e.to_string()))?;
+        .map_err(|e| setup_err("veth uplink")(macvtap_net::error_chain(&e)))?;
     let up = |scope: &Scope, name: &str, addr: Option<Ipv4Addr>| -> Result<(), LabError> {
         let mut nl = scope.netlink()?;
         let link = scope.link(&mut nl, name)?;
         if let Some(a) = addr {
-            nl.add_address(link.index, a.into(), PREFIX)
-                .map_err(|e| setup_err(format!("address on {name}"))(e.to_string()))?;
+            nl.add_address(link.index, a.into(), PREFIX).map_err(|e| {
+                setup_err(format!("address on {name}"))(macvtap_net::error_chain(&e))
+            })?;
         }
         nl.configure_link(link.index, None, None, None, Some(true))
-            .map_err(|e| setup_err(format!("{name} up"))(e.to_string()))
+            .map_err(|e| setup_err(format!("{name} up"))(macvtap_net::error_chain(&e)))
     };
     for scope in [lan, node, pod] {
         up(scope, "lo", None)?;
@@ -1089,7 +1098,7 @@ fn wire(lan: &Scope, node: &Scope, pod: &Scope) -> Result<(), LabError> {
             "100",
         )
     })?
-    .map_err(|e| setup_err("ARP retry time")(e.to_string()))?;
+    .map_err(|e| setup_err("ARP retry time")(macvtap_net::error_chain(&e)))?;
     Ok(())
 }
 
@@ -1126,7 +1135,7 @@ fn wait_first_reply(
         }
         let reply = pinger
             .ping(Duration::from_millis(100))
-            .map_err(|e| setup_err("ping")(e.to_string()))?;
+            .map_err(|e| setup_err("ping")(macvtap_net::error_chain(&e)))?;
         if reply.is_some() {
             return Ok((start.elapsed(), ready_at));
         }
@@ -1198,7 +1207,10 @@ fn no_reply_story(
                 }
             }
         }
-        Err(e) => story.push_str(&format!("\n(doctor could not run: {e})")),
+        Err(e) => story.push_str(&format!(
+            "\n(doctor could not run: {})",
+            macvtap_net::error_chain(&e)
+        )),
     }
     if let Some(vm) = &made.vm {
         story.push('\n');

@@ -14,7 +14,7 @@ enum MainError {
     Lab(#[from] LabError),
     #[error(transparent)]
     Guest(#[from] guest::GuestError),
-    #[error("cannot encode JSON: {0}")]
+    #[error("cannot encode JSON")]
     Json(#[from] serde_json::Error),
 }
 

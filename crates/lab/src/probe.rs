@@ -14,9 +14,9 @@ use macvtapctl::scope::{Scope, ScopeError};
 pub enum ProbeError {
     #[error(transparent)]
     Scope(#[from] ScopeError),
-    #[error("cannot open an ICMP socket in the LAN namespace: {0}")]
+    #[error("cannot open an ICMP socket in the LAN namespace")]
     Socket(#[source] io::Error),
-    #[error("{what} to {addr}: {source}")]
+    #[error("{what} to {addr}")]
     Io {
         what: &'static str,
         addr: SocketAddr,

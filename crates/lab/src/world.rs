@@ -39,7 +39,11 @@ impl Namespaces {
         let mut failed = Vec::new();
         while let Some(mut ns) = self.made.pop() {
             if let Err(e) = ns.remove() {
-                failed.push(format!("namespace {}: {e}", ns.name()));
+                failed.push(format!(
+                    "namespace {}: {}",
+                    ns.name(),
+                    macvtap_net::error_chain(&e)
+                ));
             }
         }
         failed

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A netlink request was answered with an error by the kernel.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Netlink {
         op: String,
         #[source]
@@ -21,7 +21,7 @@ pub enum Error {
     #[error("{0} is not a network namespace")]
     NotANetns(PathBuf),
     /// Opening or entering a namespace failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Netns {
         op: &'static str,
         path: PathBuf,
@@ -32,7 +32,7 @@ pub enum Error {
     #[error("namespace worker thread failed: {0}")]
     Thread(String),
     /// Reading the tap device number from sysfs failed.
-    #[error("cannot read the tap device number of {ifname} (ifindex {ifindex}): {source}")]
+    #[error("cannot read the tap device number of {ifname} (ifindex {ifindex})")]
     TapDevice {
         ifname: String,
         ifindex: u32,
@@ -40,7 +40,7 @@ pub enum Error {
         source: io::Error,
     },
     /// Creating or owning a device node failed.
-    #[error("device node {path}: {op}: {source}")]
+    #[error("device node {path}: {op}")]
     DeviceNode {
         op: &'static str,
         path: PathBuf,
@@ -62,5 +62,46 @@ impl Error {
     }
 }
 
+/// `e`'s message and those of its causes, joined with ": ", as one line.
+///
+/// The workspace's convention: an error's own message never repeats its
+/// `#[source]`, so anything shown to a person or a runtime renders the
+/// chain with this (or a `caused by:` line per cause), never `to_string()`
+/// alone. A cause whose message is empty (a transparent wrapper would
+/// repeat it, not leave it empty) is skipped.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_joins_every_cause_once() {
+        let e = Error::Netns {
+            op: "open",
+            path: PathBuf::from("/run/netns/x"),
+            source: io::Error::from_raw_os_error(2),
+        };
+        assert_eq!(e.to_string(), "open /run/netns/x");
+        let chain = error_chain(&e);
+        assert!(chain.starts_with("open /run/netns/x: "), "{chain}");
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+    }
+}

@@ -16,7 +16,7 @@ mod netns;
 mod veth;
 
 pub use devnode::{make_device_node, tap_device_number, DeviceNumber, NodeInfo, SysfsView};
-pub use error::{Error, Result};
+pub use error::{error_chain, Error, Result};
 pub use mac::{MacAddr, MacError};
 pub use monitor::{events_lost, LinkEvent, LinkMonitor};
 pub use named_netns::{named_netns_path, NETNS_RUN_DIR};

@@ -50,7 +50,7 @@ pub enum Error {
     #[error("state directory {0:?} must be an absolute path without '..'")]
     BadStateDir(String),
     /// A file or directory of the state could not be read or written.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -61,7 +61,7 @@ pub enum Error {
     #[error("state directory {path}: {why}; it must be a directory that only root can change (and so must every directory above it)")]
     Untrusted { path: PathBuf, why: String },
     /// A state file is not valid JSON of the expected shape.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Corrupt {
         path: PathBuf,
         #[source]

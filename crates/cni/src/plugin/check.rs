@@ -1,7 +1,7 @@
 //! CHECK and STATUS: compare what exists with what the configuration and
 //! the record say; say whether ADD could work now.
 
-use macvtap_net::{Link, MacAddr, Netlink};
+use macvtap_net::{error_chain, Link, MacAddr, Netlink};
 use macvtap_state::{NodeRef, StateDir};
 
 use super::refuse_self_as_ipam;
@@ -135,7 +135,13 @@ fn check_node(
     let node = state.node_path(node_ref);
     let info = state
         .node_stat(node_ref)
-        .map_err(|e| differs(format!("device node {}: {e}", node.display())))?
+        .map_err(|e| {
+            differs(format!(
+                "device node {}: {}",
+                node.display(),
+                error_chain(&e)
+            ))
+        })?
         .ok_or_else(|| differs(format!("device node {} is missing", node.display())))?;
     if !info.is_char_device || (info.major, info.minor) != (want.major, want.minor) {
         return Err(differs(format!(
@@ -160,7 +166,7 @@ fn check_node(
 pub(super) fn status(cfg: &Config, env: &Env) -> Result<()> {
     let unavailable = |m: String| err(code::NOT_AVAILABLE, m);
     let state = StateDir::open(&cfg.policy.state_dir)
-        .map_err(|e| unavailable(format!("state directory: {e}")))?;
+        .map_err(|e| unavailable(format!("state directory: {}", error_chain(&e))))?;
     match &cfg.source {
         Source::Lower { device, .. } if !cfg.link_in_container => {
             let mut nl = Netlink::open().map_err(kernel_error)?;
@@ -173,10 +179,10 @@ pub(super) fn status(cfg: &Config, env: &Env) -> Result<()> {
         Source::Device(id) => {
             let node = state
                 .load_config()
-                .map_err(|e| unavailable(e.to_string()))?;
-            node.validate().map_err(|e| unavailable(e.to_string()))?;
+                .map_err(|e| unavailable(error_chain(&e)))?;
+            node.validate().map_err(|e| unavailable(error_chain(&e)))?;
             node.resolve(state.root(), id)
-                .map_err(|e| unavailable(e.to_string()))?;
+                .map_err(|e| unavailable(error_chain(&e)))?;
         }
         Source::Lower { .. } => {}
     }

@@ -189,7 +189,7 @@ fn load_record_or_drop(
         ) => {
             eprintln!(
                 "macvtap: ignoring unreadable record: {}",
-                crate::error::escape_controls(&e.to_string())
+                crate::error::escape_controls(&macvtap_net::error_chain(&e))
             );
             state.remove_record(container_id, ifname)?;
             Ok(None)
