@@ -137,17 +137,7 @@ pub enum UndoOutcome {
 
 /// A locally administered unicast MAC from the kernel's random source.
 pub fn generate_mac() -> MacAddr {
-    let mut b = [0u8; 6];
-    let mut filled = 0;
-    while filled < b.len() {
-        // SAFETY: getrandom writes at most the remaining length into the buffer's tail.
-        let got = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
-        if got > 0 {
-            filled += got as usize;
-        }
-    }
-    b[0] = (b[0] & 0xfc) | 0x02;
-    MacAddr(b)
+    MacAddr::random_local()
 }
 
 fn check_mac(mac: MacAddr) -> Result<()> {

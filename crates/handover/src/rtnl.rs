@@ -8,10 +8,7 @@
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
-};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
@@ -24,7 +21,6 @@ use netlink_packet_route::route::{
     RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use macvtap_net::MacAddr;
 
@@ -44,43 +40,33 @@ pub struct LinkState {
     pub lower_index: Option<u32>,
 }
 
-/// One rtnetlink socket, bound to the namespace of the thread that opened it.
+/// One rtnetlink socket, bound to the namespace of the thread that opened
+/// it: macvtap-net's, with the requests it has no method for.
+#[derive(Debug)]
 pub struct Rtnl {
-    socket: Socket,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-impl std::fmt::Debug for Rtnl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rtnl").field("seq", &self.seq).finish()
-    }
-}
-
-fn rtnl_err(op: impl Into<String>, source: io::Error) -> Error {
-    Error::Rtnl {
-        op: op.into(),
-        source,
-    }
+    nl: macvtap_net::Netlink,
 }
 
 const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
+/// macvtap-net's error as this crate's (the same op and cause).
+fn from_net(op: &dyn Fn() -> String, e: macvtap_net::Error) -> Error {
+    match e {
+        macvtap_net::Error::Netlink { op, source } => Error::Rtnl { op, source },
+        macvtap_net::Error::Decode { op, detail } => Error::Decode { op, detail },
+        other => Error::Net {
+            op: op(),
+            source: other,
+        },
+    }
+}
+
 impl Rtnl {
     /// Open a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| rtnl_err("netlink socket", e))?;
-        socket
-            .bind_auto()
-            .map_err(|e| rtnl_err("netlink bind", e))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| rtnl_err("netlink connect", e))?;
-        Ok(Rtnl {
-            socket,
-            seq: 0,
-            buf: vec![0; 64 * 1024],
-        })
+        let nl =
+            macvtap_net::Netlink::open().map_err(|e| from_net(&|| "netlink socket".into(), e))?;
+        Ok(Rtnl { nl })
     }
 
     fn request(
@@ -89,57 +75,7 @@ impl Rtnl {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags | if dump { 0 } else { NLM_F_ACK };
-        header.sequence_number = seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        packet.finalize();
-        let mut out = vec![0; packet.buffer_len()];
-        packet.serialize(&mut out);
-        self.socket.send(&out, 0).map_err(|e| rtnl_err(op(), e))?;
-        let mut answers = Vec::new();
-        loop {
-            let len = self
-                .socket
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(|e| rtnl_err(op(), e))?;
-            let mut offset = 0;
-            while offset + 16 <= len {
-                let bytes = &self.buf[offset..len];
-                let msg_len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-                if msg_len < 16 || msg_len > bytes.len() {
-                    return Err(Error::Decode {
-                        op: op(),
-                        detail: "truncated message".into(),
-                    });
-                }
-                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..msg_len])
-                    .map_err(|e| Error::Decode {
-                        op: op(),
-                        detail: e.to_string(),
-                    })?;
-                offset += (msg_len + 3) & !3;
-                if parsed.header.sequence_number != seq {
-                    continue;
-                }
-                match parsed.payload {
-                    NetlinkPayload::InnerMessage(inner) => answers.push(inner),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(answers),
-                            Some(code) => {
-                                Err(rtnl_err(op(), io::Error::from_raw_os_error(-code.get())))
-                            }
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(answers),
-                    _ => {}
-                }
-            }
-        }
+        self.nl.request(op, msg, flags).map_err(|e| from_net(op, e))
     }
 
     fn get_link(&mut self, mut msg: LinkMessage, what: &str) -> Result<Option<LinkState>> {
@@ -345,11 +281,9 @@ impl Rtnl {
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )?;
-        let link = self.link_by_name(name)?.ok_or_else(|| {
-            rtnl_err(
-                op(),
-                io::Error::new(io::ErrorKind::NotFound, "gone right after creation"),
-            )
+        let link = self.link_by_name(name)?.ok_or_else(|| Error::Rtnl {
+            op: op(),
+            source: io::Error::new(io::ErrorKind::NotFound, "gone right after creation"),
         })?;
         self.no_ipv6_addresses(link.index)?;
         self.set_link(link.index, None, Some(true))?;

@@ -20,6 +20,20 @@ pub enum MacError {
 }
 
 impl MacAddr {
+    /// A random locally administered unicast address (from the kernel's
+    /// generator, `/dev/urandom`).
+    pub fn random_local() -> Self {
+        use std::io::Read;
+        let mut b = [0u8; 6];
+        // Every Linux has /dev/urandom; zeros would still be a valid
+        // (only less unique) address after the bits below.
+        if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+            let _ = urandom.read_exact(&mut b);
+        }
+        b[0] = (b[0] & 0xfc) | 0x02;
+        MacAddr(b)
+    }
+
     /// Parse and require a unicast, non-zero address.
     pub fn parse_unicast(s: &str) -> Result<Self, MacError> {
         let mac: MacAddr = s.parse()?;

@@ -182,8 +182,10 @@ impl Netlink {
     }
 
     /// Send one request and collect the answers until its ACK (or DONE for
-    /// dumps). A kernel error becomes `Err` with the errno.
-    pub(crate) fn request(
+    /// dumps). A kernel error becomes `Err` with the errno. Public for the
+    /// crates that compose messages this one has no method for yet (the
+    /// handover's address and route dumps): one request loop for all.
+    pub fn request(
         &mut self,
         op: &dyn Fn() -> String,
         msg: RouteNetlinkMessage,

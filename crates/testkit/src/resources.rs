@@ -92,22 +92,26 @@ pub fn grant_to_pod(
             .rsplit_once('-')
             .and_then(|(_, i)| i.parse().ok())
             .unwrap_or_else(|| panic!("{id} is not <resource>-<index>"));
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let doc = json!({
-            "deviceId": id,
-            "resource": resource.name,
-            "ifindex": resource.ifindex_base + index,
-            "nodePath": state_dir.join("dev").join(id),
-            "attach": resource.attach,
-            "allocatedAt": 0,
-            "grant": format!("test-{}-{nanos}", std::process::id()),
-            "pod": pod.map(|(namespace, name)| json!({"namespace": namespace, "name": name})),
+        // The device plugin's own record type, as Allocate makes it (a fresh
+        // random grant value each time).
+        let attach = match resource.attach.as_str() {
+            "host" => macvtap_state::Attach::Host,
+            _ => macvtap_state::Attach::Pod,
+        };
+        let mut record = macvtap_state::AllocationRecord::new(
+            id,
+            &resource.name,
+            resource.ifindex_base + index,
+            state_dir.join("dev").join(id),
+            attach,
+        );
+        record.pod = pod.map(|(namespace, name)| macvtap_state::PodRef {
+            namespace: namespace.into(),
+            name: name.into(),
         });
+        let doc = serde_json::to_string(&record).expect("a record serializes");
         let path = dir.join(format!("{id}.json"));
-        fs::write(&path, doc.to_string())
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        fs::write(&path, doc).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     }
 }
 

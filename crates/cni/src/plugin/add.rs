@@ -8,7 +8,7 @@ use macvtap_state::{
 };
 use serde_json::Value;
 
-use super::{load_record_or_drop, pod_of, random_mac, refuse_self_as_ipam, with_failures};
+use super::{load_record_or_drop, pod_of, refuse_self_as_ipam, with_failures};
 use crate::config::{Config, Source};
 use crate::error::{code, err, CniError, Result};
 use crate::ipam::Ipam;
@@ -193,8 +193,10 @@ fn add_locked(
     };
     let mac = match (cfg.mac, &host_link) {
         (Some(mac), _) => mac,
-        (None, Some(link)) => link.mac.unwrap_or_else(random_mac),
-        (None, None) => random_mac(),
+        // Chosen before the link is made, so that the intent record names
+        // the link an interrupted ADD made.
+        (None, Some(link)) => link.mac.unwrap_or_else(MacAddr::random_local),
+        (None, None) => MacAddr::random_local(),
     };
     // The intent goes first: whatever a kill -9 interrupts from here on
     // (the claim included), DEL finds a record naming it.
@@ -473,15 +475,14 @@ fn rollback(
             failures.push(e);
         }
     }
-    let _node_lock = match undo.claim.is_some() {
-        true => match state.lock(cfg.policy.lock_timeout) {
-            Ok(lock) => Some(lock),
-            Err(e) => {
-                failures.push(e.into());
-                None
-            }
-        },
-        false => None,
+    // The claim and a device's node are shared with other containers.
+    let _node_lock = if undo.claim.is_some() {
+        state
+            .lock(cfg.policy.lock_timeout)
+            .map_err(|e| failures.push(e.into()))
+            .ok()
+    } else {
+        None
     };
     let node = match &undo.claim {
         Some(id) => NodeRef::Device(id),

@@ -7,7 +7,6 @@ mod teardown;
 #[cfg(test)]
 mod tests;
 
-use macvtap_net::MacAddr;
 use macvtap_state::{AttachmentRecord, NodePolicy, PodRef, ResolvedDevice, StateDir};
 use serde_json::{json, Value};
 
@@ -105,18 +104,6 @@ fn resolve_device(state: &StateDir, id: &str) -> Result<ResolvedDevice> {
     let node = state.load_config()?;
     node.validate()?;
     Ok(node.resolve(state.root(), id)?)
-}
-
-/// A random locally administered unicast MAC: chosen before the link is
-/// made, so that the intent record names the link an interrupted ADD made.
-fn random_mac() -> MacAddr {
-    let hex = macvtap_state::random_hex(6);
-    let mut bytes = [0u8; 6];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
-    }
-    bytes[0] = (bytes[0] & 0xfe) | 0x02;
-    MacAddr(bytes)
 }
 
 /// The pod the runtime says this is (CNI_ARGS `K8S_POD_NAMESPACE`/`K8S_POD_NAME`).
