@@ -33,11 +33,10 @@ use std::time::{Duration, Instant};
 use dhcproto::v4::{self, DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable, Name};
 use etherparse::{LinkSlice, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use macvtap_net::{MacAddr, NetNs};
+use macvtap_net::{MacAddr, NetNs, Netlink};
 
 use crate::error::{Error, Result};
 use crate::identity::{netmask, Identity};
-use crate::rtnl::Rtnl;
 use crate::store::Record;
 
 /// `ETH_P_IP`.
@@ -435,7 +434,7 @@ struct Shared {
 pub struct DhcpServer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<io::Result<()>>>,
-    nl: Rtnl,
+    nl: Netlink,
     shim_index: u32,
 }
 
@@ -466,15 +465,15 @@ impl DhcpServer {
         let guest = record.made.mac;
         let lower = id.ifindex;
         let (nl, shim_index, socket) = netns
-            .run(move || -> Result<(Rtnl, u32, PacketSocket)> {
-                let mut nl = Rtnl::open()?;
+            .run(move || -> Result<(Netlink, u32, PacketSocket)> {
+                let mut nl = Netlink::open()?;
                 // A shim left by a server that was killed: ours if it matches.
                 if let Some(old) = nl.link_by_name(&shim)? {
                     if old.kind.as_deref() == Some("macvlan")
                         && old.lower_index == Some(lower)
                         && old.mac == Some(shim_mac)
                     {
-                        nl.delete_link(old.index)?;
+                        nl.remove_link(old.index)?;
                     } else {
                         return Err(Error::NameTaken { name: shim.clone() });
                     }
@@ -483,7 +482,7 @@ impl DhcpServer {
                 match PacketSocket::open(index, ETH_P_IP) {
                     Ok(socket) => Ok((nl, index, socket)),
                     Err(e) => {
-                        let _ = nl.delete_link(index);
+                        let _ = nl.remove_link(index);
                         Err(dhcp_err("open a packet socket on the shim")(e))
                     }
                 }
@@ -499,7 +498,7 @@ impl DhcpServer {
             Ok(t) => t,
             Err(e) => {
                 let mut nl = nl;
-                let _ = nl.delete_link(shim_index);
+                let _ = nl.remove_link(shim_index);
                 return Err(e);
             }
         };
@@ -545,8 +544,8 @@ impl DhcpServer {
             }),
             None => Ok(()),
         };
-        let removed = self.nl.delete_link(self.shim_index);
-        served.and(removed)
+        let removed = self.nl.remove_link(self.shim_index);
+        served.and(removed.map_err(Error::from))
     }
 
     /// Stop serving and remove the shim.

@@ -84,16 +84,9 @@ pub enum Error {
         #[source]
         source: macvtap_net::Error,
     },
-    /// An rtnetlink request of this crate's own module failed.
-    #[error("{op}")]
-    Rtnl {
-        op: String,
-        #[source]
-        source: io::Error,
-    },
-    /// The kernel's answer could not be decoded.
-    #[error("{op}: cannot decode the kernel's answer: {detail}")]
-    Decode { op: String, detail: String },
+    /// An rtnetlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] macvtap_net::Error),
     /// Applying failed and the rollback failed too: the record stays for `undo`.
     #[error(
         "rolling back also failed ({}), the record is kept for undo; what failed",
@@ -138,7 +131,7 @@ impl Error {
     /// The errno behind this error, when the kernel gave one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Rtnl { source, .. } => source.raw_os_error(),
+            Error::Netlink(source) => source.errno(),
             Error::Net { source, .. } => source.errno(),
             _ => None,
         }

@@ -4,11 +4,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use macvtap_net::{DeviceNumber, MacAddr, MacvtapMode, MacvtapSpec, NetNs, Netlink, SysfsView};
+use macvtap_net::inet::is_link_local_v6;
+use macvtap_net::{
+    DeviceNumber, Link, MacAddr, MacvtapMode, MacvtapSpec, NetNs, Netlink, SysfsView,
+};
 
 use crate::error::{Error, Result};
 use crate::identity::{self, Dns, Identity};
-use crate::rtnl::{is_link_local_v6, LinkState, Rtnl};
 use crate::store::{Made, Phase, Record, RecordKey, Store};
 
 /// Which container: a namespace path (`/run/netns/X`, `/proc/PID/ns/net`),
@@ -170,12 +172,6 @@ pub fn record_key(netns: &NetNs, interface: &str) -> Result<RecordKey> {
     })
 }
 
-fn open_rtnl(netns: &NetNs) -> Result<Rtnl> {
-    netns
-        .run(Rtnl::open)
-        .map_err(Error::net("enter the container's namespace"))?
-}
-
 fn open_netlink(netns: &NetNs) -> Result<Netlink> {
     netns
         .run(Netlink::open)
@@ -183,7 +179,7 @@ fn open_netlink(netns: &NetNs) -> Result<Netlink> {
         .map_err(Error::net("open netlink in the container's namespace"))
 }
 
-fn find_interface(nl: &mut Rtnl, netns: &NetNs, interface: &str) -> Result<LinkState> {
+fn find_interface(nl: &mut Netlink, netns: &NetNs, interface: &str) -> Result<Link> {
     let link = nl
         .link_by_name(interface)?
         .ok_or_else(|| Error::NoSuchInterface {
@@ -206,9 +202,9 @@ fn read_dns(source: &ResolvConf) -> Result<Dns> {
     }
 }
 
-fn capture_with(nl: &mut Rtnl, link: &LinkState, dns: Dns) -> Result<Identity> {
+fn capture_with(nl: &mut Netlink, link: &Link, dns: Dns) -> Result<Identity> {
     let addresses: Vec<_> = nl
-        .addresses(link.index)?
+        .address_details(link.index)?
         .into_iter()
         .filter(|a| !is_link_local_v6(&a.address))
         .collect();
@@ -217,7 +213,7 @@ fn capture_with(nl: &mut Rtnl, link: &LinkState, dns: Dns) -> Result<Identity> {
             ifname: link.name.clone(),
         });
     }
-    let routes = nl.routes(link.index)?;
+    let routes = nl.route_details(link.index)?;
     Ok(Identity {
         interface: link.name.clone(),
         ifindex: link.index,
@@ -234,7 +230,7 @@ fn capture_with(nl: &mut Rtnl, link: &LinkState, dns: Dns) -> Result<Identity> {
 pub fn capture(netns: &NetNs, interface: &str, resolv_conf: &ResolvConf) -> Result<Identity> {
     check_ifname(interface)?;
     let dns = read_dns(resolv_conf)?;
-    let mut nl = open_rtnl(netns)?;
+    let mut nl = open_netlink(netns)?;
     let link = find_interface(&mut nl, netns, interface)?;
     capture_with(&mut nl, &link, dns)
 }
@@ -285,7 +281,7 @@ fn apply_locked(
             record: record_path,
         });
     }
-    let mut nl = open_rtnl(netns)?;
+    let mut nl = open_netlink(netns)?;
     let link = find_interface(&mut nl, netns, &opts.interface)?;
     let identity = capture_with(&mut nl, &link, dns)?;
     let macvtap = opts
@@ -340,7 +336,7 @@ fn apply_locked(
     })
 }
 
-fn change(netns: &NetNs, nl: &mut Rtnl, record: &mut Record, opts: &ApplyOptions) -> Result<()> {
+fn change(netns: &NetNs, nl: &mut Netlink, record: &mut Record, opts: &ApplyOptions) -> Result<()> {
     let stop = |step| {
         if opts.stop_after == Some(step) {
             Err(Error::StoppedByHook(step))
@@ -375,14 +371,14 @@ fn change(netns: &NetNs, nl: &mut Rtnl, record: &mut Record, opts: &ApplyOptions
             netns: netns.path().to_path_buf(),
         })?;
     record.made.macvtap_index = Some(made.index);
-    nl.no_ipv6_addresses(made.index)?;
-    nl.set_link(made.index, None, Some(true))?;
+    nl.disable_ipv6_addresses(made.index)?;
+    nl.configure_link(made.index, None, None, None, Some(true))?;
     stop(ApplyStep::MacvtapCreated)?;
     // Routes through a gateway first: they depend on the others.
     let mut routes = record.identity.routes.clone();
     routes.sort_by_key(|r| r.gateway.is_none());
     for route in &routes {
-        nl.delete_route(lower, route)?;
+        nl.remove_route(lower, route)?;
     }
     stop(ApplyStep::RoutesRemoved)?;
     // IPv6 first, then IPv4 secondaries before the primaries (deleting a
@@ -390,21 +386,21 @@ fn change(netns: &NetNs, nl: &mut Rtnl, record: &mut Record, opts: &ApplyOptions
     let mut addresses = record.identity.addresses.clone();
     addresses.sort_by_key(|a| (a.address.is_ipv4(), !a.is_secondary()));
     for addr in &addresses {
-        nl.delete_address(lower, addr)?;
+        nl.remove_address(lower, addr)?;
     }
     stop(ApplyStep::AddressesRemoved)?;
     // What the kernel still holds of the identity (routes it made itself and
     // has not dropped with the addresses) must go too.
     let left: Vec<_> = nl
-        .addresses(lower)?
+        .address_details(lower)?
         .into_iter()
         .filter(|a| !is_link_local_v6(&a.address))
         .collect();
     for addr in &left {
-        nl.delete_address(lower, addr)?;
+        nl.remove_address(lower, addr)?;
     }
-    for route in nl.routes(lower)? {
-        nl.delete_route(lower, &route)?;
+    for route in nl.route_details(lower)? {
+        nl.remove_route(lower, &route)?;
     }
     Ok(())
 }
@@ -439,7 +435,7 @@ pub fn forget(store: &Store, key: &RecordKey) -> Result<()> {
 fn restore(store: &Store, netns: &NetNs, record: &Record) -> Result<UndoOutcome> {
     let id = &record.identity;
     let record_path = store.record_path(&record.key);
-    let mut nl = open_rtnl(netns)?;
+    let mut nl = open_netlink(netns)?;
     let Some(lower) = nl.link_by_index(id.ifindex)? else {
         store.remove(&record.key)?;
         return Ok(UndoOutcome::InterfaceGone);
@@ -456,18 +452,18 @@ fn restore(store: &Store, netns: &NetNs, record: &Record) -> Result<UndoOutcome>
     let mtu = (lower.mtu != id.mtu).then_some(id.mtu);
     let up = (id.up && !lower.up).then_some(true);
     if mtu.is_some() || up.is_some() {
-        nl.set_link(id.ifindex, mtu, up)?;
+        nl.configure_link(id.ifindex, None, mtu, None, up)?;
     }
     let mut addresses = id.addresses.clone();
     // Primaries before secondaries, as they were made.
     addresses.sort_by_key(|a| (!a.address.is_ipv4(), a.is_secondary()));
     for addr in &addresses {
-        nl.add_address(id.ifindex, addr)?;
+        nl.restore_address(id.ifindex, addr)?;
     }
     let mut routes = id.routes.clone();
     routes.sort_by_key(|r| r.gateway.is_some());
     for route in &routes {
-        nl.add_route(id.ifindex, route)?;
+        nl.restore_route(id.ifindex, route)?;
     }
     // Remove only what this handover made: same name, kind, lower and MAC.
     for (name, kind, mac) in [
@@ -479,7 +475,7 @@ fn restore(store: &Store, netns: &NetNs, record: &Record) -> Result<UndoOutcome>
                 && link.lower_index == Some(id.ifindex)
                 && link.mac == Some(mac);
             if ours {
-                nl.delete_link(link.index)?;
+                nl.remove_link(link.index)?;
             }
         }
     }
@@ -495,9 +491,9 @@ fn restore(store: &Store, netns: &NetNs, record: &Record) -> Result<UndoOutcome>
 }
 
 /// What of the recorded identity is not on the interface now.
-fn missing_identity(nl: &mut Rtnl, id: &Identity) -> Result<Vec<String>> {
-    let now_addrs = nl.addresses(id.ifindex)?;
-    let now_routes = nl.routes(id.ifindex)?;
+fn missing_identity(nl: &mut Netlink, id: &Identity) -> Result<Vec<String>> {
+    let now_addrs = nl.address_details(id.ifindex)?;
+    let now_routes = nl.route_details(id.ifindex)?;
     let mut missing = Vec::new();
     for a in &id.addresses {
         if !now_addrs
@@ -527,7 +523,7 @@ pub fn tap_device_number(netns: &NetNs, record: &Record) -> Result<DeviceNumber>
     let name = record.made.macvtap.clone();
     netns
         .run(move || -> Result<DeviceNumber> {
-            let mut nl = Rtnl::open()?;
+            let mut nl = Netlink::open()?;
             let link = nl
                 .link_by_name(&name)?
                 .ok_or_else(|| Error::RecordMismatch {

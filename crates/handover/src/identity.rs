@@ -9,85 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// One address of the interface, with what is needed to put it back
-/// exactly (flags, scope, IPv4 broadcast and label).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Address {
-    pub address: IpAddr,
-    pub prefix_len: u8,
-    /// `IFA_F_*` flags as the kernel reported them.
-    #[serde(default)]
-    pub flags: u32,
-    /// `RT_SCOPE_*`.
-    #[serde(default)]
-    pub scope: u8,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub broadcast: Option<Ipv4Addr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-}
-
-impl Address {
-    /// `IFA_F_SECONDARY`.
-    pub const SECONDARY: u32 = 0x01;
-    /// Flags a restore may ask for (the others are the kernel's to set).
-    pub(crate) const RESTORABLE: u32 = 0x02 // nodad
-        | 0x10 // homeaddress
-        | 0x100 // managetempaddr
-        | 0x200 // noprefixroute
-        | 0x400; // mcautojoin
-
-    pub fn is_secondary(&self) -> bool {
-        self.flags & Self::SECONDARY != 0
-    }
-
-    /// The network this address is in, as `(network, prefix_len)`.
-    pub fn network(&self) -> IpAddr {
-        network(self.address, self.prefix_len)
-    }
-}
-
-/// One route through the interface, in the main table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    /// `0.0.0.0` / `::` with `prefix_len` 0 for a default route.
-    pub destination: IpAddr,
-    pub prefix_len: u8,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<IpAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefsrc: Option<IpAddr>,
-    /// `RTA_PRIORITY` (the metric), when the kernel reports one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metric: Option<u32>,
-    /// `RTPROT_*`: 2 = kernel (made by an address), 3 = boot, 4 = static, ...
-    pub protocol: u8,
-    /// `RT_SCOPE_*`: 0 universe, 253 link.
-    pub scope: u8,
-    pub table: u32,
-}
-
-impl Route {
-    /// `RTPROT_KERNEL`: a route the kernel made for an address.
-    pub const PROTO_KERNEL: u8 = 2;
-
-    pub fn is_default(&self) -> bool {
-        self.prefix_len == 0
-    }
-
-    pub fn is_ipv4(&self) -> bool {
-        self.destination.is_ipv4()
-    }
-
-    /// The same route as far as the kernel's lookup for deletion goes.
-    pub(crate) fn same_as(&self, other: &Route) -> bool {
-        self.destination == other.destination
-            && self.prefix_len == other.prefix_len
-            && self.gateway == other.gateway
-            && self.table == other.table
-            && (self.metric == other.metric || self.metric.is_none() || other.metric.is_none())
-    }
-}
+pub use macvtap_net::inet::{network, Address, Route};
 
 /// DNS servers and search domains from a resolv.conf.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,30 +92,6 @@ impl Identity {
                     .iter()
                     .any(|a| a.prefix_len == r.prefix_len && a.network() == r.destination))
         })
-    }
-}
-
-/// The network `ip/len` is in.
-pub fn network(ip: IpAddr, len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let mask = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len.min(32)))
-            };
-            IpAddr::V4(Ipv4Addr::from(bits & mask))
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len.min(128)))
-            };
-            IpAddr::V6(Ipv6Addr::from(bits & mask))
-        }
     }
 }
 

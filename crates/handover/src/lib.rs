@@ -23,7 +23,6 @@ mod handover;
 mod identity;
 mod mac_serde;
 pub mod nocloud;
-mod rtnl;
 mod store;
 
 pub use error::{Error, Result};
@@ -34,5 +33,4 @@ pub use handover::{
 pub use identity::{
     netmask, network, parse_resolv_conf, read_resolv_conf, Address, Dns, Identity, Route,
 };
-pub use rtnl::{LinkState, Rtnl};
 pub use store::{Made, Phase, Record, RecordKey, Store};

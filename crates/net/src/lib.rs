@@ -8,6 +8,7 @@
 
 mod devnode;
 mod error;
+pub mod inet;
 mod mac;
 mod monitor;
 mod named_netns;

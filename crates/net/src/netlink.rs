@@ -129,6 +129,8 @@ pub struct Link {
     pub promisc: bool,
     /// IFF_LOWER_UP: the carrier.
     pub carrier: bool,
+    /// IFF_LOOPBACK.
+    pub loopback: bool,
     /// `IFLA_LINK`: the lower device's index (in `link_netnsid`'s namespace
     /// when that is set).
     pub lower_index: Option<u32>,
@@ -481,7 +483,7 @@ pub(crate) fn messages(
     })
 }
 
-fn family(addr: IpAddr) -> AddressFamily {
+pub(crate) fn family(addr: IpAddr) -> AddressFamily {
     if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
@@ -500,6 +502,7 @@ pub(crate) fn parse_link(msg: LinkMessage) -> Link {
         up: msg.header.flags.contains(LinkFlags::Up),
         promisc: msg.header.flags.contains(LinkFlags::Promisc),
         carrier: msg.header.flags.contains(LinkFlags::LowerUp),
+        loopback: msg.header.flags.contains(LinkFlags::Loopback),
         lower_index: None,
         link_netnsid: None,
         controller: None,

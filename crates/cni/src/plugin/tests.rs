@@ -73,6 +73,7 @@ fn link(index: u32, name: &str, kind: &str, mac: Option<MacAddr>) -> Link {
         lower_index: (kind == "macvtap").then_some(LOWER_INDEX),
         link_netnsid: None,
         controller: None,
+        loopback: false,
     }
 }
 

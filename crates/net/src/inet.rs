@@ -1,12 +1,9 @@
-//! The rtnetlink requests a handover needs that `macvtap-net` does not
-//! offer (yet): full address and route dumps, deleting and restoring
-//! addresses and routes with all their attributes, link flags, and the
-//! DHCP shim (a macvlan with no IPv6 address generation).
-//!
-//! Candidates to move into `macvtap-net`'s `Netlink`.
+//! Addresses and routes in full: what a dump reports and what putting them
+//! back exactly needs (flags, scope, broadcast, label; protocol, scope,
+//! metric, preferred source). The handover records these and restores them.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::address::{
@@ -14,7 +11,7 @@ use netlink_packet_route::address::{
 };
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoMacVlan, LinkAttribute,
-    LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    LinkInfo, LinkMessage, MacVlanMode,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -22,110 +19,136 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use macvtap_net::MacAddr;
-
 use crate::error::{Error, Result};
-use crate::identity::{Address, Route};
+use crate::mac::MacAddr;
+use crate::netlink::{family, Netlink};
 
-/// A link's state as far as a handover cares.
+/// One address of a link, with what is needed to put it back exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkState {
-    pub index: u32,
-    pub name: String,
-    pub mac: Option<MacAddr>,
-    pub mtu: u32,
-    pub up: bool,
-    pub loopback: bool,
-    pub kind: Option<String>,
-    pub lower_index: Option<u32>,
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Address {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    /// `IFA_F_*` flags as the kernel reported them.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub flags: u32,
+    /// `RT_SCOPE_*`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub scope: u8,
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub broadcast: Option<Ipv4Addr>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub label: Option<String>,
 }
 
-/// One rtnetlink socket, bound to the namespace of the thread that opened
-/// it: macvtap-net's, with the requests it has no method for.
-#[derive(Debug)]
-pub struct Rtnl {
-    nl: macvtap_net::Netlink,
+impl Address {
+    /// `IFA_F_SECONDARY`.
+    pub const SECONDARY: u32 = 0x01;
+    /// Flags a restore may ask for (the others are the kernel's to set).
+    pub const RESTORABLE: u32 = 0x02 // nodad
+        | 0x10 // homeaddress
+        | 0x100 // managetempaddr
+        | 0x200 // noprefixroute
+        | 0x400; // mcautojoin
+
+    pub fn is_secondary(&self) -> bool {
+        self.flags & Self::SECONDARY != 0
+    }
+
+    /// The network this address is in.
+    pub fn network(&self) -> IpAddr {
+        network(self.address, self.prefix_len)
+    }
+}
+
+/// One unicast route, as a dump reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Route {
+    /// `0.0.0.0` / `::` with `prefix_len` 0 for a default route.
+    pub destination: IpAddr,
+    pub prefix_len: u8,
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub gateway: Option<IpAddr>,
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub prefsrc: Option<IpAddr>,
+    /// `RTA_PRIORITY` (the metric), when the kernel reports one.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub metric: Option<u32>,
+    /// `RTPROT_*`: 2 = kernel (made by an address), 3 = boot, 4 = static, ...
+    pub protocol: u8,
+    /// `RT_SCOPE_*`: 0 universe, 253 link.
+    pub scope: u8,
+    pub table: u32,
+}
+
+impl Route {
+    /// `RTPROT_KERNEL`: a route the kernel made for an address.
+    pub const PROTO_KERNEL: u8 = 2;
+
+    pub fn is_default(&self) -> bool {
+        self.prefix_len == 0
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.destination.is_ipv4()
+    }
+
+    /// The same route as far as the kernel's lookup for deletion goes.
+    pub fn same_as(&self, other: &Route) -> bool {
+        self.destination == other.destination
+            && self.prefix_len == other.prefix_len
+            && self.gateway == other.gateway
+            && self.table == other.table
+            && (self.metric == other.metric || self.metric.is_none() || other.metric.is_none())
+    }
+}
+
+/// The network `addr/prefix_len` is in (host bits cleared).
+pub fn network(addr: IpAddr, prefix_len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(bits & mask))
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix_len.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((bits & mask).into())
+        }
+    }
+}
+
+/// Is this an IPv6 link-local address (fe80::/10)?
+pub fn is_link_local_v6(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
-/// macvtap-net's error as this crate's (the same op and cause).
-fn from_net(op: &dyn Fn() -> String, e: macvtap_net::Error) -> Error {
-    match e {
-        macvtap_net::Error::Netlink { op, source } => Error::Rtnl { op, source },
-        macvtap_net::Error::Decode { op, detail } => Error::Decode { op, detail },
-        other => Error::Net {
-            op: op(),
-            source: other,
-        },
-    }
-}
-
-impl Rtnl {
-    /// Open a socket in the calling thread's network namespace.
-    pub fn open() -> Result<Self> {
-        let nl =
-            macvtap_net::Netlink::open().map_err(|e| from_net(&|| "netlink socket".into(), e))?;
-        Ok(Rtnl { nl })
-    }
-
-    fn request(
-        &mut self,
-        op: &dyn Fn() -> String,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
-        self.nl.request(op, msg, flags).map_err(|e| from_net(op, e))
-    }
-
-    fn get_link(&mut self, mut msg: LinkMessage, what: &str) -> Result<Option<LinkState>> {
-        msg.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        let op = || format!("get link {what}");
-        match self.request(&op, RouteNetlinkMessage::GetLink(msg), 0) {
-            Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
-                _ => None,
-            })),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The link called `name`, if any.
-    pub fn link_by_name(&mut self, name: &str) -> Result<Option<LinkState>> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        self.get_link(msg, name)
-    }
-
-    /// The link with this ifindex, if any.
-    pub fn link_by_index(&mut self, index: u32) -> Result<Option<LinkState>> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        self.get_link(msg, &format!("#{index}"))
-    }
-
-    /// Set a link's MTU and/or up state.
-    pub fn set_link(&mut self, index: u32, mtu: Option<u32>, up: Option<bool>) -> Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        if let Some(up) = up {
-            msg.header.change_mask |= LinkFlags::Up;
-            if up {
-                msg.header.flags |= LinkFlags::Up;
-            }
-        }
-        if let Some(mtu) = mtu {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        let op = || format!("configure link #{index}");
-        self.request(&op, RouteNetlinkMessage::SetLink(msg), 0)?;
-        Ok(())
-    }
-
+impl Netlink {
     /// Every address of link `index`, both families, with flags.
-    pub fn addresses(&mut self, index: u32) -> Result<Vec<Address>> {
+    pub fn address_details(&mut self, index: u32) -> Result<Vec<Address>> {
         let op = || format!("list addresses of link #{index}");
         let answers = self.request(
             &op,
@@ -141,15 +164,11 @@ impl Rtnl {
             .collect())
     }
 
-    /// Add an address as recorded (restorable flags, scope, broadcast, label).
-    /// Already present is success.
-    pub fn add_address(&mut self, index: u32, addr: &Address) -> Result<()> {
+    /// Put an address back as recorded (restorable flags, scope, broadcast,
+    /// label). Already present is success.
+    pub fn restore_address(&mut self, index: u32, addr: &Address) -> Result<()> {
         let mut msg = address_message(index, addr);
         msg.header.scope = AddressScope::from(addr.scope);
-        if addr.address.is_ipv4() {
-            msg.attributes.push(AddressAttribute::Local(addr.address));
-        }
-        msg.attributes.push(AddressAttribute::Address(addr.address));
         if let Some(brd) = addr.broadcast {
             msg.attributes.push(AddressAttribute::Broadcast(brd));
         }
@@ -168,38 +187,30 @@ impl Rtnl {
                 addr.address, addr.prefix_len
             )
         };
-        match self.request(
-            &op,
-            RouteNetlinkMessage::NewAddress(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        ) {
-            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
-            other => other.map(drop),
-        }
+        let request = RouteNetlinkMessage::NewAddress(msg);
+        tolerate(
+            self.request(&op, request, NLM_F_CREATE | NLM_F_EXCL),
+            libc::EEXIST,
+        )
     }
 
     /// Delete an address; already gone is success.
-    pub fn delete_address(&mut self, index: u32, addr: &Address) -> Result<()> {
-        let mut msg = address_message(index, addr);
-        if addr.address.is_ipv4() {
-            msg.attributes.push(AddressAttribute::Local(addr.address));
-        }
-        msg.attributes.push(AddressAttribute::Address(addr.address));
+    pub fn remove_address(&mut self, index: u32, addr: &Address) -> Result<()> {
+        let msg = address_message(index, addr);
         let op = || {
             format!(
                 "delete address {}/{} from link #{index}",
                 addr.address, addr.prefix_len
             )
         };
-        match self.request(&op, RouteNetlinkMessage::DelAddress(msg), 0) {
-            Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(()),
-            other => other.map(drop),
-        }
+        let request = RouteNetlinkMessage::DelAddress(msg);
+        tolerate(self.request(&op, request, 0), libc::EADDRNOTAVAIL)
     }
 
     /// Main-table unicast routes whose (single) next hop is link `index`,
-    /// both families.
-    pub fn routes(&mut self, index: u32) -> Result<Vec<Route>> {
+    /// both families, without the IPv6 link-local and multicast ones (they
+    /// belong to the link-local address, which stays).
+    pub fn route_details(&mut self, index: u32) -> Result<Vec<Route>> {
         let mut out = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut msg = RouteMessage::default();
@@ -207,17 +218,15 @@ impl Rtnl {
             let op = || format!("list {family:?} routes");
             for answer in self.request(&op, RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)? {
                 if let RouteNetlinkMessage::NewRoute(r) = answer {
-                    if let Some(route) = parse_route(r, index) {
-                        out.push(route);
-                    }
+                    out.extend(parse_route(r, index));
                 }
             }
         }
         Ok(out)
     }
 
-    /// Add a route as recorded. Already present is success.
-    pub fn add_route(&mut self, index: u32, route: &Route) -> Result<()> {
+    /// Put a route back as recorded. Already present is success.
+    pub fn restore_route(&mut self, index: u32, route: &Route) -> Result<()> {
         let mut msg = route_message(index, route);
         msg.header.protocol = RouteProtocol::from(route.protocol);
         msg.header.scope = RouteScope::from(route.scope);
@@ -226,44 +235,32 @@ impl Rtnl {
             msg.attributes
                 .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
         }
-        let op = || {
-            format!(
-                "add route {}/{} via {:?}",
-                route.destination, route.prefix_len, route.gateway
-            )
-        };
-        match self.request(
-            &op,
-            RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        ) {
-            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
-            other => other.map(drop),
-        }
+        let op = || route_op("add", route);
+        let request = RouteNetlinkMessage::NewRoute(msg);
+        tolerate(
+            self.request(&op, request, NLM_F_CREATE | NLM_F_EXCL),
+            libc::EEXIST,
+        )
     }
 
     /// Delete a route; already gone is success.
-    pub fn delete_route(&mut self, index: u32, route: &Route) -> Result<()> {
+    pub fn remove_route(&mut self, index: u32, route: &Route) -> Result<()> {
         let mut msg = route_message(index, route);
         // As `ip route del` does: any scope, protocol and type.
         msg.header.scope = RouteScope::NoWhere;
         msg.header.protocol = RouteProtocol::Unspec;
         msg.header.kind = RouteType::Unspec;
-        let op = || {
-            format!(
-                "delete route {}/{} via {:?}",
-                route.destination, route.prefix_len, route.gateway
-            )
-        };
-        match self.request(&op, RouteNetlinkMessage::DelRoute(msg), 0) {
-            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
-            other => other.map(drop),
-        }
+        let op = || route_op("delete", route);
+        tolerate(
+            self.request(&op, RouteNetlinkMessage::DelRoute(msg), 0),
+            libc::ESRCH,
+        )
     }
 
     /// Create a macvlan on `lower` (down, bridge mode, MAC `mac`), turn off
     /// IPv6 address generation on it, and bring it up: a link that has no
-    /// address of either family and so sends nothing of its own.
+    /// address of either family and so sends nothing of its own. Returns
+    /// its index.
     pub fn create_quiet_macvlan(&mut self, name: &str, lower: u32, mac: MacAddr) -> Result<u32> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -281,19 +278,19 @@ impl Rtnl {
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )?;
-        let link = self.link_by_name(name)?.ok_or_else(|| Error::Rtnl {
+        let link = self.link_by_name(name)?.ok_or_else(|| Error::Netlink {
             op: op(),
             source: io::Error::new(io::ErrorKind::NotFound, "gone right after creation"),
         })?;
-        self.no_ipv6_addresses(link.index)?;
-        self.set_link(link.index, None, Some(true))?;
+        self.disable_ipv6_addresses(link.index)?;
+        self.configure_link(link.index, None, None, None, Some(true))?;
         Ok(link.index)
     }
 
     /// Turn off IPv6 address generation on a link (before it goes up): it
     /// then gets no link-local address and sends no DAD, router
     /// solicitation or MLD of its own.
-    pub fn no_ipv6_addresses(&mut self, index: u32) -> Result<()> {
+    pub fn disable_ipv6_addresses(&mut self, index: u32) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes
@@ -306,36 +303,43 @@ impl Rtnl {
     }
 
     /// Delete a link by index; already gone is success.
-    pub fn delete_link(&mut self, index: u32) -> Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        let op = || format!("delete link #{index}");
-        match self.request(&op, RouteNetlinkMessage::DelLink(msg), 0) {
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
-            other => other.map(drop),
-        }
+    pub fn remove_link(&mut self, index: u32) -> Result<()> {
+        tolerate(self.delete_link(index), libc::ENODEV)
     }
 }
 
-fn family_of(ip: IpAddr) -> AddressFamily {
-    if ip.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
+/// A request's outcome with one errno counted as success (already done).
+fn tolerate<T>(result: Result<T>, errno: i32) -> Result<()> {
+    match result {
+        Err(e) if e.errno() == Some(errno) => Ok(()),
+        other => other.map(drop),
     }
 }
 
+fn route_op(verb: &str, route: &Route) -> String {
+    format!(
+        "{verb} route {}/{} via {:?}",
+        route.destination, route.prefix_len, route.gateway
+    )
+}
+
+/// The message that names an address: family, prefix, link, and the
+/// address (for IPv4 also as `IFA_LOCAL`, as `ip` sends it).
 fn address_message(index: u32, addr: &Address) -> AddressMessage {
     let mut msg = AddressMessage::default();
-    msg.header.family = family_of(addr.address);
+    msg.header.family = family(addr.address);
     msg.header.prefix_len = addr.prefix_len;
     msg.header.index = index;
+    if addr.address.is_ipv4() {
+        msg.attributes.push(AddressAttribute::Local(addr.address));
+    }
+    msg.attributes.push(AddressAttribute::Address(addr.address));
     msg
 }
 
 fn route_message(index: u32, route: &Route) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = family_of(route.destination);
+    msg.header.address_family = family(route.destination);
     msg.header.destination_prefix_length = route.prefix_len;
     msg.header.table = if route.table < 256 {
         route.table as u8
@@ -358,36 +362,6 @@ fn route_message(index: u32, route: &Route) -> RouteMessage {
         msg.attributes.push(RouteAttribute::Priority(metric));
     }
     msg
-}
-
-fn parse_link(msg: LinkMessage) -> LinkState {
-    let mut link = LinkState {
-        index: msg.header.index,
-        name: String::new(),
-        mac: None,
-        mtu: 0,
-        up: msg.header.flags.contains(LinkFlags::Up),
-        loopback: msg.header.flags.contains(LinkFlags::Loopback),
-        kind: None,
-        lower_index: None,
-    };
-    for attr in msg.attributes {
-        match attr {
-            LinkAttribute::IfName(name) => link.name = name,
-            LinkAttribute::Address(bytes) => link.mac = MacAddr::from_slice(&bytes),
-            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
-            LinkAttribute::Link(lower) => link.lower_index = Some(lower),
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = Some(kind.to_string());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    link
 }
 
 fn parse_address(msg: AddressMessage) -> Option<Address> {
@@ -453,11 +427,10 @@ fn parse_route(msg: RouteMessage, index: u32) -> Option<Route> {
     if oif != Some(index) || route.table != MAIN_TABLE {
         return None;
     }
-    if let IpAddr::V6(dst) = route.destination {
-        // fe80::/64 belongs to the link-local address, which stays.
-        if dst.segments()[0] & 0xffc0 == 0xfe80 || dst.segments()[0] & 0xff00 == 0xff00 {
-            return None;
-        }
+    if is_link_local_v6(&route.destination)
+        || matches!(route.destination, IpAddr::V6(d) if d.is_multicast())
+    {
+        return None;
     }
     Some(route)
 }
@@ -470,7 +443,15 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// Is this an IPv6 link-local address (fe80::/10)?
-pub(crate) fn is_link_local_v6(ip: &IpAddr) -> bool {
-    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_local_is_fe80_slash_10_only() {
+        assert!(is_link_local_v6(&"fe80::1".parse().unwrap()));
+        assert!(is_link_local_v6(&"febf::1".parse().unwrap()));
+        assert!(!is_link_local_v6(&"fec0::1".parse().unwrap()));
+        assert!(!is_link_local_v6(&"10.0.0.1".parse().unwrap()));
+    }
 }
