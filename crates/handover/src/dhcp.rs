@@ -23,12 +23,19 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    bind, recvfrom, send, socket, AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType,
+    SockaddrLike,
+};
 
 use dhcproto::v4::{self, DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable, Name};
@@ -304,56 +311,26 @@ impl PacketSocket {
     /// Bind to interface `ifindex` for `protocol` (`ETH_P_IP`, `ETH_P_ALL`)
     /// in the **calling thread's** network namespace.
     pub fn open(ifindex: u32, protocol: u16) -> io::Result<Self> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(protocol.to_be()),
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh fd nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = protocol.to_be();
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: bind with a pointer to a live sockaddr_ll and its size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // Protocol 0: nothing is received until bind names the protocol
+        // (packet(7)), so no frame of another interface slips in between.
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        bind(fd.as_raw_fd(), &link_addr(ifindex, protocol))?;
         Ok(PacketSocket { fd })
     }
 
     /// Bind to the interface called `name` (in the calling thread's namespace).
     pub fn open_by_name(name: &str, protocol: u16) -> io::Result<Self> {
-        let c = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
-        // SAFETY: if_nametoindex reads a valid C string.
-        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Self::open(index, protocol)
+        Self::open(nix::net::if_::if_nametoindex(name)?, protocol)
     }
 
     /// Send one frame out of the bound interface.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: send from a live buffer of the given length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        send(self.fd.as_raw_fd(), frame, MsgFlags::empty())?;
         Ok(())
     }
 
@@ -361,52 +338,41 @@ impl PacketSocket {
     /// whether it was one this host sent (`PACKET_OUTGOING`), or None on
     /// timeout.
     pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<(usize, bool)>> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: poll on one live pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(None)
-            } else {
-                Err(e)
-            };
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(Errno::EINTR) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
         }
-        if rc == 0 {
-            return Ok(None);
+        match recvfrom::<LinkAddr>(self.fd.as_raw_fd(), buf) {
+            Ok((n, from)) => {
+                let outgoing = from.is_some_and(|a| a.pkttype() == libc::PACKET_OUTGOING);
+                Ok(Some((n, outgoing)))
+            }
+            Err(Errno::EAGAIN) => Ok(None),
+            Err(e) => Err(e.into()),
         }
-        // SAFETY: sockaddr_ll is plain data.
-        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: recvfrom into a live buffer and a live sockaddr_ll with its size.
-        let n = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut len,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(Some((
-            n as usize,
-            from.sll_pkttype == libc::PACKET_OUTGOING,
-        )))
     }
+}
+
+/// The `sockaddr_ll` that binds a packet socket to one interface and
+/// protocol (nix has no constructor for it).
+fn link_addr(ifindex: u32, protocol: u16) -> LinkAddr {
+    let addr = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as u16,
+        sll_protocol: protocol.to_be(),
+        sll_ifindex: ifindex as i32,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 0,
+        sll_addr: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: a pointer to a live, initialised sockaddr_ll and its exact
+    // size; from_raw copies it and checks the family.
+    unsafe { LinkAddr::from_raw((&addr as *const libc::sockaddr_ll).cast(), Some(len)) }
+        .expect("an AF_PACKET sockaddr_ll is a LinkAddr")
 }
 
 /// What the server did so far.
