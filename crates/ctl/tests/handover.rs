@@ -6,19 +6,15 @@
 
 mod common;
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use common::container::{wait_exit, Container};
 use common::finding;
-use dhcproto::v4::{self, DhcpOption, Message, MessageType};
-use macvtap_handover::dhcp::{parse_reply_frame, udp_frame};
+use dhcproto::v4::{self, DhcpOption, MessageType};
 use macvtap_handover::{apply, ApplyOptions, ApplyStep, Store};
 use macvtap_net::{MacAddr, NetNs};
-use macvtap_testkit::guest::frames::VNET_HDR_LEN;
+use macvtap_testkit::DhcpGuest;
 use serde_json::Value;
 
 const MAC: &str = "02:00:0a:ca:00:2a";
@@ -456,58 +452,6 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     assert!(!c.path("args").exists(), "QEMU ran");
 }
 
-/// A DHCP client frame from `mac`.
-fn client_frame(mac: MacAddr, kind: MessageType, xid: u32, extra: Vec<DhcpOption>) -> Vec<u8> {
-    let mut m = Message::new_with_id(
-        xid,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &mac.0,
-    );
-    m.set_flags(v4::Flags::default().set_broadcast());
-    m.opts_mut().insert(DhcpOption::MessageType(kind));
-    for o in extra {
-        m.opts_mut().insert(o);
-    }
-    let mut buf = vec![0u8; VNET_HDR_LEN];
-    buf.extend(
-        udp_frame(
-            mac,
-            MacAddr([0xff; 6]),
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::BROADCAST,
-            (68, 67),
-            &m,
-        )
-        .unwrap(),
-    );
-    buf
-}
-
-fn read_reply(tap: &mut std::fs::File, xid: u32, timeout: Duration) -> Option<Message> {
-    let end = Instant::now() + timeout;
-    let mut buf = vec![0u8; 65536];
-    while Instant::now() < end {
-        match tap.read(&mut buf) {
-            Ok(n) if n > VNET_HDR_LEN => {
-                if let Some((_, _, m)) = parse_reply_frame(&buf[VNET_HDR_LEN..n]) {
-                    if m.xid() == xid {
-                        return Some(m);
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(2))
-            }
-            Err(e) => panic!("read tap: {e}"),
-        }
-    }
-    None
-}
-
 #[test]
 fn dhcp_the_guest_gets_its_lease_through_the_tap_while_the_supervisor_runs() {
     let c = Container::new("ho-dhcp", 68);
@@ -547,30 +491,22 @@ fn dhcp_the_guest_gets_its_lease_through_the_tap_while_the_supervisor_runs() {
         0,
     )
     .unwrap();
-    let mut tap = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&node)
-        .unwrap();
     let guest = MacAddr::parse_unicast(MAC).unwrap();
+    let mut tap = DhcpGuest::open(&node, guest);
     let t = Instant::now();
-    tap.write_all(&client_frame(guest, MessageType::Discover, 0x51, vec![]))
-        .unwrap();
-    let offer = read_reply(&mut tap, 0x51, Duration::from_secs(5)).expect("no OFFER");
+    tap.send(MessageType::Discover, 0x51, vec![]);
+    let (_, _, offer) = tap.reply(0x51, Duration::from_secs(5)).expect("no OFFER");
     assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 68, 0, 2));
-    tap.write_all(&client_frame(
-        guest,
+    tap.send(
         MessageType::Request,
         0x52,
         vec![
             DhcpOption::ServerIdentifier(Ipv4Addr::new(169, 254, 1, 1)),
             DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 68, 0, 2)),
         ],
-    ))
-    .unwrap();
-    let ack = read_reply(&mut tap, 0x52, Duration::from_secs(5)).expect("no ACK");
+    );
+    let (_, _, ack) = tap.reply(0x52, Duration::from_secs(5)).expect("no ACK");
     let lease = t.elapsed();
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(

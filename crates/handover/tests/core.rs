@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::World;
+use common::{HandoverWorld, World};
 use macvtap_handover::{
     apply, capture, record_key, undo, ApplyStep, Error, Phase, ResolvConf, Store, Target,
     UndoOutcome,

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::World;
+use common::{HandoverWorld, World};
 use macvtap_handover::cmdline::{append_ip_argument, KernelIpOptions};
 use macvtap_handover::nocloud::{read_vfat, seed, SeedOptions};
 use macvtap_handover::{apply, undo, UndoOutcome};

@@ -7,90 +7,17 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
-use common::World;
-use dhcproto::v4::{self, DhcpOption, Message, MessageType, OptionCode};
+use common::{HandoverWorld, World};
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use macvtap_handover::dhcp::{
-    parse_reply_frame, parse_request_frame, udp_frame, DhcpConfig, DhcpServer, PacketSocket,
-    ETH_P_ALL,
+    parse_reply_frame, parse_request_frame, DhcpConfig, DhcpServer, PacketSocket, ETH_P_ALL,
 };
 use macvtap_handover::{apply, tap_device_number, undo, UndoOutcome};
 use macvtap_net::{MacAddr, NetNs};
-use macvtap_testkit::guest::frames::VNET_HDR_LEN;
-
-/// The guest's end: the macvtap's character device, through a node we
-/// made from the device number sysfs gives in the container's namespace.
-struct Tap(File);
-
-impl Tap {
-    fn send(&mut self, frame: &[u8]) {
-        let mut buf = vec![0u8; VNET_HDR_LEN];
-        buf.extend_from_slice(frame);
-        self.0.write_all(&buf).unwrap();
-    }
-
-    /// The next DHCP reply with transaction `xid`, or None after `timeout`.
-    fn reply(&mut self, xid: u32, timeout: Duration) -> Option<(MacAddr, MacAddr, Message)> {
-        let end = Instant::now() + timeout;
-        let mut buf = vec![0u8; 65536];
-        while Instant::now() < end {
-            match self.0.read(&mut buf) {
-                Ok(n) if n > VNET_HDR_LEN => {
-                    if let Some(r) = parse_reply_frame(&buf[VNET_HDR_LEN..n]) {
-                        if r.2.xid() == xid {
-                            return Some(r);
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                Err(e) => panic!("read tap: {e}"),
-            }
-        }
-        None
-    }
-}
-
-fn client_frame(mac: MacAddr, kind: MessageType, xid: u32, extra: Vec<DhcpOption>) -> Vec<u8> {
-    let mut m = Message::new_with_id(
-        xid,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &mac.0,
-    );
-    m.set_flags(v4::Flags::default().set_broadcast());
-    m.opts_mut().insert(DhcpOption::MessageType(kind));
-    m.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
-        OptionCode::SubnetMask,
-        OptionCode::Router,
-        OptionCode::DomainNameServer,
-        OptionCode::DomainName,
-        OptionCode::InterfaceMtu,
-        OptionCode::DomainSearch,
-        OptionCode::ClasslessStaticRoute,
-    ]));
-    for o in extra {
-        m.opts_mut().insert(o);
-    }
-    udp_frame(
-        mac,
-        MacAddr([0xff; 6]),
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::BROADCAST,
-        (68, 67),
-        &m,
-    )
-    .unwrap()
-}
+use macvtap_testkit::DhcpGuest;
 
 fn assert_identity(msg: &Message, net: u8, server_id: Ipv4Addr) {
     let o = msg.opts();
@@ -188,16 +115,11 @@ fn dhcp_answers_the_guest_through_its_tap_and_nothing_reaches_the_lan() {
     let dev = tap_device_number(&ns, &rec).unwrap();
     let node = w.tmp.path().join("guest.tap");
     macvtap_net::make_device_node(&node, dev, 0, 0).unwrap();
-    let mut tap = Tap(OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&node)
-        .unwrap());
+    let mut tap = DhcpGuest::open(&node, guest);
 
     // DISCOVER -> OFFER, unicast from the shim to the guest's MAC.
     let t = Instant::now();
-    tap.send(&client_frame(guest, MessageType::Discover, 0x11, vec![]));
+    tap.send(MessageType::Discover, 0x11, vec![]);
     let (src, dst, offer) = tap.reply(0x11, Duration::from_secs(3)).expect("no OFFER");
     assert_eq!((src, dst), (rec.made.shim_mac, guest));
     assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
@@ -205,15 +127,14 @@ fn dhcp_answers_the_guest_through_its_tap_and_nothing_reaches_the_lan() {
 
     // REQUEST (selecting) -> ACK with the same identity.
     let ours = Ipv4Addr::new(10, w.net, 0, 2);
-    tap.send(&client_frame(
-        guest,
+    tap.send(
         MessageType::Request,
         0x12,
         vec![
             DhcpOption::ServerIdentifier(cfg.server_id),
             DhcpOption::RequestedIpAddress(ours),
         ],
-    ));
+    );
     let (_, dst, ack) = tap.reply(0x12, Duration::from_secs(3)).expect("no ACK");
     let lease_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(dst, guest);
@@ -222,20 +143,19 @@ fn dhcp_answers_the_guest_through_its_tap_and_nothing_reaches_the_lan() {
     assert!(server.wait_for_ack(Duration::from_secs(1)));
 
     // A REQUEST for another address -> NAK.
-    tap.send(&client_frame(
-        guest,
+    tap.send(
         MessageType::Request,
         0x13,
         vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(
             10, w.net, 0, 77,
         ))],
-    ));
+    );
     let (_, _, nak) = tap.reply(0x13, Duration::from_secs(3)).expect("no NAK");
     assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
 
     // Another MAC behind the same tap gets nothing.
     let stranger = MacAddr([0x02, 0x66, 0, 0, 0, 1]);
-    tap.send(&client_frame(stranger, MessageType::Discover, 0x14, vec![]));
+    tap.send_as(stranger, MessageType::Discover, 0x14, vec![]);
     assert!(
         tap.reply(0x14, Duration::from_millis(500)).is_none(),
         "a stranger got an answer"

@@ -8,6 +8,7 @@
 //! never collide.
 
 mod build;
+mod container;
 #[cfg(feature = "kubelet")]
 pub mod device_plugin;
 pub mod guest;
@@ -24,6 +25,8 @@ mod spawn;
 mod tempdir;
 
 pub use build::cargo_build_bins;
+pub use container::{ContainerNet, RESOLV_CONF};
+pub use guest::dhcp::DhcpGuest;
 pub use guest::GuestStandIn;
 pub use inspect::{files_under, leases_in, DeviceNode, Link};
 pub use lab::{Lab, LOWER, POD_IFNAME};

@@ -1,7 +1,5 @@
-//! A container world for `macvtapctl handover`: `ctr` holds `eth0`, a veth
-//! whose peer `lan0` sits in `lan` (the runtime's bridge side), with both
-//! address families, routes and an MTU; a state dir and a stand-in QEMU in
-//! a temp dir. Namespaces and directories go on drop, also on failure.
+//! testkit's container world for `macvtapctl handover`, with a stand-in
+//! QEMU and the supervisor's output files in its temporary directory.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed step is a failed test
 
@@ -11,59 +9,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use macvtap_testkit::{require_root, unique_name, ChildGuard, Netns, Run, TempDir};
-use serde_json::Value;
+use macvtap_testkit::{ChildGuard, ContainerNet, Run};
 
-pub struct Container {
-    pub ctr: Netns,
-    pub lan: Netns,
-    pub tmp: TempDir,
-    pub net: u8,
+/// The container world with a stand-in QEMU and the supervisor's files.
+pub struct Container(ContainerNet);
+
+impl std::ops::Deref for Container {
+    type Target = ContainerNet;
+
+    fn deref(&self) -> &ContainerNet {
+        &self.0
+    }
 }
 
 impl Container {
     pub fn new(tag: &str, net: u8) -> Container {
-        require_root();
-        let ctr = Netns::new(&unique_name(&format!("{tag}-c")));
-        let lan = Netns::new(&unique_name(&format!("{tag}-l")));
-        ctr.ip_ok(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            lan.name(),
-        ]);
-        lan.ip_cmd("link set lan0 up");
-        lan.exec(&["sysctl", "-qw", "net.ipv6.conf.lan0.disable_ipv6=1"]);
-        let dad = ctr.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"]);
-        assert!(dad.status.success(), "{dad:?}");
-        ctr.ip_cmd("link set eth0 mtu 1400 up");
-        ctr.ip_cmd(&format!("addr add 10.{net}.0.2/24 dev eth0"));
-        ctr.ip_cmd(&format!("addr add 2001:db8:{net}::2/64 dev eth0 nodad"));
-        ctr.ip_cmd(&format!("route add default via 10.{net}.0.1 dev eth0"));
-        ctr.ip_cmd(&format!(
-            "route add 10.{}.0.0/16 via 10.{net}.0.1 dev eth0 metric 50",
-            net.wrapping_add(1)
-        ));
-        ctr.ip_cmd(&format!(
-            "-6 route add default via 2001:db8:{net}::1 dev eth0"
-        ));
-        let tmp = TempDir::new(tag);
-        fs::write(
-            tmp.path().join("resolv.conf"),
-            "nameserver 10.0.0.53\nsearch corp.example\n",
-        )
-        .unwrap();
-        Container { ctr, lan, tmp, net }
-    }
-
-    pub fn state_dir(&self) -> String {
-        self.tmp.path().join("state").display().to_string()
+        Container(ContainerNet::new(tag, net))
     }
 
     /// Records and supervisor files left in the state dir.
@@ -75,32 +36,6 @@ impl Container {
                 .collect(),
             Err(_) => Vec::new(),
         }
-    }
-
-    /// `ip -j addr` of eth0 and every route of the namespace (both
-    /// families, main and local tables) and the link names, order-free.
-    pub fn snapshot(&self) -> Value {
-        let mut addr = self.ctr.ip_json(&["addr", "show", "dev", "eth0"]);
-        if let Some(info) = addr[0]["addr_info"].as_array_mut() {
-            info.sort_by_key(|v| v.to_string());
-        }
-        let mut routes = Vec::new();
-        for fam in ["-4", "-6"] {
-            for table in ["main", "local"] {
-                if let Value::Array(r) = self.ctr.ip_json(&[fam, "route", "show", "table", table]) {
-                    routes.extend(r);
-                }
-            }
-        }
-        routes.sort_by_key(|v| v.to_string());
-        let mut links: Vec<String> = self.ctr.links().into_iter().map(|l| l.name).collect();
-        links.sort();
-        serde_json::json!({"addr": addr, "routes": routes, "links": links})
-    }
-
-    /// IPv4 addresses on eth0.
-    pub fn ipv4(&self) -> Vec<String> {
-        self.ctr.addr_cidrs("eth0", "inet")
     }
 
     /// A stand-in QEMU (bash: dash cannot close an fd above 9): writes its argv to `args`, `fd major:minor type`
@@ -178,10 +113,6 @@ impl Container {
 
     pub fn stop_qemu(&self) {
         fs::write(self.tmp.path().join("stop"), "").unwrap();
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
     }
 
     /// `macvtapctl --netns ctr handover --state-dir S --qemu FAKE <extra> -- <qemu>`

@@ -1,136 +1,33 @@
-//! A container world in private namespaces: `ctr` holds `eth0`, a veth
-//! whose peer `lan0` sits in `lan` (the runtime's bridge side). Every
-//! namespace and directory is removed on drop, also when a test fails.
+//! The container world (testkit's) with what the handover's tests ask of it.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use macvtap_handover::{ApplyOptions, ResolvConf, Store};
 use macvtap_net::NetNs;
-use macvtap_testkit::{require_root, unique_name, Netns, TempDir};
-use serde_json::Value;
+pub use macvtap_testkit::ContainerNet as World;
 
-pub struct World {
-    pub ctr: Netns,
-    pub lan: Netns,
-    pub tmp: TempDir,
-    pub net: u8,
+/// What the handover's own tests need of a container world.
+pub trait HandoverWorld {
+    fn netns(&self) -> NetNs;
+    fn store(&self) -> Store;
+    fn options(&self) -> ApplyOptions;
 }
 
-pub const RESOLV_CONF: &str =
-    "# test\nnameserver 10.0.0.53\nnameserver 2001:db8:53::53\nsearch corp.example lab.example\noptions ndots:2\n";
-
-impl World {
-    /// `eth0` with 10.<net>.0.2/24 (+ secondary .3), 2001:db8:<net>::2/64,
-    /// default routes of both families, an extra IPv4 route, MTU 1400.
-    pub fn new(tag: &str, net: u8) -> World {
-        require_root();
-        let ctr = Netns::new(&unique_name(&format!("{tag}-c")));
-        let lan = Netns::new(&unique_name(&format!("{tag}-l")));
-        ctr.ip_ok(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            lan.name(),
-        ]);
-        lan.ip_cmd("link set lan0 up");
-        // Quiet peer: no IPv6 autoconfiguration noise on the LAN side.
-        lan.exec(&["sysctl", "-qw", "net.ipv6.conf.lan0.disable_ipv6=1"]);
-        // No DAD on eth0: its link-local address would turn from tentative
-        // to valid in the middle of a test and make snapshots differ.
-        let dad = ctr.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"]);
-        assert!(dad.status.success(), "{dad:?}");
-        ctr.ip_cmd("link set eth0 mtu 1400 up");
-        ctr.ip_cmd(&format!("addr add 10.{net}.0.2/24 dev eth0"));
-        ctr.ip_cmd(&format!("addr add 10.{net}.0.3/24 dev eth0"));
-        ctr.ip_cmd(&format!("addr add 2001:db8:{net}::2/64 dev eth0 nodad"));
-        ctr.ip_cmd(&format!("route add default via 10.{net}.0.1 dev eth0"));
-        ctr.ip_cmd(&format!(
-            "route add 10.{}.0.0/16 via 10.{net}.0.1 dev eth0 metric 50",
-            net.wrapping_add(1)
-        ));
-        ctr.ip_cmd(&format!(
-            "-6 route add default via 2001:db8:{net}::1 dev eth0"
-        ));
-        let tmp = TempDir::new(tag);
-        std::fs::write(tmp.path().join("resolv.conf"), RESOLV_CONF).unwrap();
-        World { ctr, lan, tmp, net }
-    }
-
-    pub fn netns(&self) -> NetNs {
+impl HandoverWorld for World {
+    fn netns(&self) -> NetNs {
         NetNs::open(self.ctr.path()).unwrap()
     }
 
-    pub fn state_dir(&self) -> String {
-        self.tmp.path().join("state").display().to_string()
-    }
-
-    pub fn store(&self) -> Store {
+    fn store(&self) -> Store {
         Store::open(&self.state_dir()).unwrap()
     }
 
-    pub fn options(&self) -> ApplyOptions {
+    fn options(&self) -> ApplyOptions {
         let mut o = ApplyOptions::new("eth0");
-        o.resolv_conf = ResolvConf::Path(self.tmp.path().join("resolv.conf"));
+        o.resolv_conf = ResolvConf::Path(self.resolv_conf());
         o
-    }
-
-    pub fn resolv_conf(&self) -> PathBuf {
-        self.tmp.path().join("resolv.conf")
-    }
-
-    /// Everything `ip` says about eth0's addresses and the namespace's
-    /// routes, both families, order-independent.
-    pub fn snapshot(&self) -> Value {
-        let mut addr = self.ctr.ip_json(&["addr", "show", "dev", "eth0"]);
-        if let Some(info) = addr[0]["addr_info"].as_array_mut() {
-            info.sort_by_key(|v| v.to_string());
-        }
-        let mut routes = Vec::new();
-        for fam in ["-4", "-6"] {
-            for table in ["main", "local"] {
-                if let Value::Array(r) = self.ctr.ip_json(&[fam, "route", "show", "table", table]) {
-                    routes.extend(r);
-                }
-            }
-        }
-        routes.sort_by_key(|v| v.to_string());
-        let links: Vec<String> = self.ctr.links().into_iter().map(|l| l.name).collect();
-        serde_json::json!({"addr": addr, "routes": routes, "links": links})
-    }
-
-    /// Addresses on eth0 other than IPv6 link-local ones.
-    pub fn global_addrs(&self) -> Vec<String> {
-        let mut v = self.ctr.addr_cidrs("eth0", "inet");
-        v.extend(
-            self.ctr
-                .addr_cidrs("eth0", "inet6")
-                .into_iter()
-                .filter(|a| !a.starts_with("fe80")),
-        );
-        v
-    }
-
-    /// Routes (main table, both families) through eth0 except fe80::/64.
-    pub fn eth0_routes(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        for fam in ["-4", "-6"] {
-            if let Value::Array(r) = self.ctr.ip_json(&[fam, "route", "show", "dev", "eth0"]) {
-                out.extend(
-                    r.into_iter()
-                        .filter(|r| !r["dst"].as_str().unwrap_or("").starts_with("fe80")),
-                );
-            }
-        }
-        out
     }
 }
 

@@ -6,6 +6,7 @@
 //! It proves the layer-2 path, not a guest OS. The lab's `--vm never` and
 //! the runtime tests use it.
 
+pub mod dhcp;
 pub mod frames;
 
 use std::fs::{File, OpenOptions};
