@@ -25,7 +25,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use macvtap_net::{create_veth_pair, MacAddr, NodeInfo};
+use macvtap_net::{MacAddr, NodeInfo};
 use serde::Serialize;
 use serde_json::json;
 
@@ -37,7 +37,7 @@ use self::probe::{Pinger, ProbeError};
 use self::vm::Vm;
 use self::world::Namespaces;
 use macvtap_testkit::device_plugin::{Daemon, Stopped};
-use macvtap_testkit::{GuestStandIn, TempDir};
+use macvtap_testkit::{wire_uplink, GuestStandIn, TempDir, Uplink};
 use macvtapctl::cli::{DoctorArgs, VhostChoice};
 use macvtapctl::doctor::{self, Status};
 use macvtapctl::iface::InterfaceInfo;
@@ -633,7 +633,19 @@ impl Ctx<'_> {
         let lan = create(&names.lan)?;
         let node = create(&names.node)?;
         let pod = create(&names.pod)?;
-        wire(&lan, &node, &pod)?;
+        let uplink = Uplink {
+            uplink: UPLINK,
+            lan_if: LAN_IF,
+            lan_addr: Some((LAN_IP, PREFIX)),
+            arp_retrans_ms: Some(100),
+        };
+        wire_uplink(
+            node.netns(),
+            lan.netns(),
+            &[lan.netns(), node.netns(), pod.netns()],
+            &uplink,
+        )
+        .map_err(|e| setup_err("wire the LAN")(macvtap_net::error_chain(&e)))?;
         self.timings.setup_ms = ms(setup_started.elapsed());
         Ok(World {
             nonce,
@@ -1067,39 +1079,6 @@ impl CniCall<'_> {
         ));
         Ok(())
     }
-}
-
-/// The veth uplink between LAN and node, addresses, links up, quick ARP.
-fn wire(lan: &Scope, node: &Scope, pod: &Scope) -> Result<(), LabError> {
-    let lan_fd = lan.netns().raw_fd();
-    node.run(|| create_veth_pair(UPLINK, LAN_IF, Some(lan_fd)))?
-        .map_err(|e| setup_err("veth uplink")(macvtap_net::error_chain(&e)))?;
-    let up = |scope: &Scope, name: &str, addr: Option<Ipv4Addr>| -> Result<(), LabError> {
-        let mut nl = scope.netlink()?;
-        let link = scope.link(&mut nl, name)?;
-        if let Some(a) = addr {
-            nl.add_address(link.index, a.into(), PREFIX).map_err(|e| {
-                setup_err(format!("address on {name}"))(macvtap_net::error_chain(&e))
-            })?;
-        }
-        nl.configure_link(link.index, None, None, None, Some(true))
-            .map_err(|e| setup_err(format!("{name} up"))(macvtap_net::error_chain(&e)))
-    };
-    for scope in [lan, node, pod] {
-        up(scope, "lo", None)?;
-    }
-    up(node, UPLINK, None)?;
-    up(lan, LAN_IF, Some(LAN_IP))?;
-    // ARP retries every 100 ms instead of every second: the first reply
-    // then shows when the guest is up, not when the next retry happens.
-    lan.run(|| {
-        fs::write(
-            format!("/proc/sys/net/ipv4/neigh/{LAN_IF}/retrans_time_ms"),
-            "100",
-        )
-    })?
-    .map_err(|e| setup_err("ARP retry time")(macvtap_net::error_chain(&e)))?;
-    Ok(())
 }
 
 /// Ping until the first reply; (start→reply, start→guest ready banner).

@@ -406,23 +406,10 @@ impl Netlink {
 
     /// The addresses of a link, with prefix lengths.
     pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>> {
-        let op = || format!("list addresses of link #{index}");
-        let answers = self.request(
-            &op,
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(answers
+        Ok(self
+            .address_details(index)?
             .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
-                    a.attributes.iter().find_map(|attr| match attr {
-                        AddressAttribute::Address(ip) => Some((*ip, a.header.prefix_len)),
-                        _ => None,
-                    })
-                }
-                _ => None,
-            })
+            .map(|a| (a.address, a.prefix_len))
             .collect())
     }
 

@@ -14,6 +14,7 @@ use crate::names::{require_root, unique_name};
 use crate::netns::Netns;
 use crate::plugin::{Plugin, PluginOutput};
 use crate::tempdir::TempDir;
+use crate::wire::{wire_uplink, Uplink};
 use crate::CNI_PLUGINS_DIR;
 
 /// The lower device's name in NODE.
@@ -45,14 +46,15 @@ impl Lab {
         let pod = Netns::new(&format!("{prefix}-pod"));
         let lan = Netns::new(&format!("{prefix}-lan"));
         let dir = TempDir::new(test);
-        // The veth is made from inside NODE so no name is ever looked up in
-        // (or could clash with) the root namespace.
-        node.ip_cmd(&format!(
-            "link add {LOWER} type veth peer name lan0 netns {}",
-            lan.name()
-        ));
-        node.ip_ok(&["link", "set", LOWER, "up"]);
-        lan.ip_ok(&["link", "set", "lan0", "up"]);
+        let open = |ns: &Netns| macvtap_net::NetNs::open(ns.path()).expect("open a lab namespace");
+        let uplink = Uplink {
+            uplink: LOWER,
+            lan_if: "lan0",
+            lan_addr: None,
+            arp_retrans_ms: None,
+        };
+        wire_uplink(&open(&node), &open(&lan), &[], &uplink)
+            .unwrap_or_else(|e| panic!("wire the lab: {}", macvtap_net::error_chain(&e)));
         let lab = Lab {
             node,
             pod,

@@ -23,6 +23,7 @@ mod procs;
 mod resources;
 mod spawn;
 mod tempdir;
+mod wire;
 
 pub use build::cargo_build_bins;
 pub use container::{ContainerNet, RESOLV_CONF};
@@ -41,6 +42,7 @@ pub use resources::{
 };
 pub use spawn::join_netns_at_exec;
 pub use tempdir::TempDir;
+pub use wire::{wire_uplink, Uplink};
 
 /// Every CNI spec version the plugin promises to implement.
 pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
