@@ -23,7 +23,11 @@ use macvtap_net::{MacAddr, MacvtapMode};
 ///   macvtapctl --netns pod1 list --json # act inside /run/netns/pod1
 ///   macvtapctl handover --pid 4242 -- -m 512 -kernel vmlinux   # a VM takes over a container's IP
 #[derive(Debug, Parser)]
-#[command(name = "macvtapctl", version, verbatim_doc_comment)]
+#[command(
+    name = "macvtapctl",
+    version = macvtap_buildinfo::VERSION,
+    verbatim_doc_comment
+)]
 pub struct Cli {
     /// Act inside this network namespace: a name from `ip netns list`
     /// (/run/netns/NAME) or a path such as /proc/PID/ns/net.

@@ -26,7 +26,7 @@ enum LogFormat {
 /// events; DP_MACVTAP_DISCOVER_KINDS (e.g. "physical,bond,vlan,veth") says
 /// which kinds of links are suitable (default physical,bond,team,vlan).
 #[derive(Debug, Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(version = macvtap_buildinfo::VERSION, verbatim_doc_comment)]
 struct Args {
     /// The kubelet's device-plugin directory (kubelet.sock and plugin sockets).
     #[arg(long, default_value = "/var/lib/kubelet/device-plugins")]

@@ -33,7 +33,7 @@ use macvtapctl::cli::parse_mac;
 #[derive(Debug, Parser)]
 #[command(
     name = "macvtap-lab",
-    version,
+    version = macvtap_buildinfo::VERSION,
     verbatim_doc_comment,
     args_conflicts_with_subcommands = true
 )]

@@ -16,15 +16,26 @@ It is run by a container runtime or Multus, not by hand: the network
 configuration comes on stdin and the command in CNI_COMMAND (ADD, DEL, CHECK,
 VERSION, STATUS, GC), with CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_ARGS
 and CNI_PATH. See docs/cni-plugin.md for the configuration keys.
+`macvtap --version` names this build and the CNI versions it speaks.
 
 Try:  echo '{\"cniVersion\":\"1.1.0\"}' | CNI_COMMAND=VERSION macvtap
 ";
 
 fn main() -> ExitCode {
     let env = Env::from_process();
-    if env.command.is_empty() && std::env::args().any(|a| a == "--help" || a == "-h") {
-        print!("{HELP}");
-        return ExitCode::SUCCESS;
+    if env.command.is_empty() {
+        if std::env::args().any(|a| a == "--help" || a == "-h") {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        if std::env::args().any(|a| a == "--version" || a == "-V") {
+            println!(
+                "macvtap {}\nCNI versions: {}",
+                macvtap_buildinfo::VERSION,
+                macvtap_cni::spec::SUPPORTED_VERSIONS.join(", ")
+            );
+            return ExitCode::SUCCESS;
+        }
     }
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
