@@ -16,7 +16,7 @@ fn expected_revision() -> String {
         .output()
         .expect("run git");
     assert!(out.status.success(), "not in a git checkout: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
@@ -39,7 +39,7 @@ fn all_four_binaries_report_the_version_and_the_git_revision() {
             .arg("--version")
             .env_remove("CNI_COMMAND")
             .output()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{bin} --version: {out:?}");
         let first = stdout.lines().next().unwrap_or_default();
