@@ -28,14 +28,13 @@ fn main() {
         if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
             if let Some(common) = git(&["rev-parse", "--git-common-dir"]) {
                 let common = PathBuf::from(common);
-                println!(
-                    "cargo:rerun-if-changed={}",
-                    common.join(&head_ref).display()
-                );
-                println!(
-                    "cargo:rerun-if-changed={}",
-                    common.join("packed-refs").display()
-                );
+                // Only files that exist: cargo reruns on every build for a
+                // missing one.
+                for file in [common.join(&head_ref), common.join("packed-refs")] {
+                    if file.exists() {
+                        println!("cargo:rerun-if-changed={}", file.display());
+                    }
+                }
             }
         }
     }
