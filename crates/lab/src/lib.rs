@@ -724,7 +724,7 @@ impl Ctx<'_> {
         let log = world.dir.join("qemu.log");
         let guest_args = guest::qemu_args(
             &ensured.image,
-            guest_ip,
+            guest::GuestNet::Static(guest_ip),
             &format!("file:{}", serial.display()),
             &format!("{:08x}", world.nonce),
         )
@@ -888,8 +888,13 @@ impl Ctx<'_> {
         check_signal()?;
         let (status, body, took) = probe::http_get(&world.lan, SocketAddr::from((GUEST_IP, 80)))?;
         self.timings.http_ms = Some(ms(took));
-        let want = format!("macvtapctl lab guest {:08x} mac {guest_mac}", world.nonce);
-        if !status.contains(" 200") || body.trim() != want {
+        let want = guest::page(
+            &format!("{:08x}", world.nonce),
+            guest_mac,
+            guest::DEFAULT_HOSTNAME,
+            "guestip",
+        );
+        if !status.contains(" 200") || body.trim() != want.trim() {
             return Err(LabError::Check {
                 what: "HTTP GET /",
                 detail: format!("got {status:?} {body:?}, wanted 200 and {want:?}"),
