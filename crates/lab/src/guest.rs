@@ -478,7 +478,6 @@ elif [ -n "$kernel_ip" ]; then
 elif ! nocloud; then
     dhcp
 fi
-echo "BANNER ip=$(ip -4 -o addr show dev eth0 | awk '{print $4}') mac=$mac tag=$tag"
 while :; do sleep 3600; done
 "#;
 
@@ -492,8 +491,9 @@ sign() {
     echo "macvtapctl lab guest $tag mac $mac name $(hostname) via $1" >/www/index.html
 }
 
-# show VIA: what the guest applied, on the console and in /net.txt.
+# show VIA: the guest is ready; what it applied, on the console and in /net.txt.
 show() {
+    echo "BANNER ip=$(ip -4 -o addr show dev eth0 | awk '{print $4}') mac=$mac tag=$tag"
     {
         echo "via $1"
         echo "uptime $(cut -d' ' -f1 /proc/uptime)"
@@ -657,12 +657,13 @@ fn scripts() -> [(&'static str, String); 3] {
         (
             "init",
             INIT.replace("NET_MODULES", &MODULES.join(" "))
-                .replace("DEFAULT_HOSTNAME", DEFAULT_HOSTNAME)
-                .replace("BANNER", READY_BANNER),
+                .replace("DEFAULT_HOSTNAME", DEFAULT_HOSTNAME),
         ),
         (
             "etc/guest.sh",
-            GUEST_LIB.replace("SEED_MODULES", &SEED_MODULES.join(" ")),
+            GUEST_LIB
+                .replace("SEED_MODULES", &SEED_MODULES.join(" "))
+                .replace("BANNER", READY_BANNER),
         ),
         ("etc/udhcpc.script", UDHCPC_SCRIPT.to_string()),
     ]
