@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use dhcproto::v4::MessageType;
 use macvtap_handover::dhcp::{parse_request_frame, PacketSocket};
+use macvtap_handover::nocloud::read_vfat;
 use macvtap_lab::guest::{self, GuestNet};
 use macvtap_net::NetNs;
 use macvtap_testkit::{Netns, NsView};
@@ -41,6 +42,9 @@ const SUBNET: &str = "10.203.7";
 /// Where the lab keeps its guest (built on first use).
 const GUEST_CACHE: &str = macvtap_lab::cli::DEFAULT_CACHE_DIR;
 const ETH_P_ALL: u16 = 0x0003;
+/// A's name server and search domain (podman --dns, --dns-search).
+const DNS: &str = "10.203.7.53";
+const SEARCH: &str = "hv.example";
 
 /// `macvtapctl`, brought up to date by the cargo that runs the tests.
 fn macvtapctl() -> PathBuf {
@@ -347,7 +351,12 @@ impl World {
         podman.add_network(&bridge_network(&net, &bridge, &tmp.subdir("ipam")));
         let rootfs = support::image::rootfs_tar(&tmp.subdir("image"));
         podman.ok(&["import", "--quiet", &rootfs.display().to_string(), IMAGE]);
-        let a = Ctr::start(&podman, &format!("{net}-a"), &net, &[]);
+        let a = Ctr::start(
+            &podman,
+            &format!("{net}-a"),
+            &net,
+            &["--dns", DNS, "--dns-search", SEARCH],
+        );
         let b = Ctr::start(
             &podman,
             &format!("{net}-b"),
@@ -640,15 +649,42 @@ fn handover_once(w: &World, deliver: &str, via: &str) -> Measured {
             "the guest's /net.txt lacks {want:?}:\n{net}"
         );
     }
+    // A's resolv.conf (podman --dns/--dns-search) went along; ip= has no
+    // field for search domains.
     let resolv = w.podman.ok(&["exec", &w.a.name, "cat", "/etc/resolv.conf"]);
-    for server in resolv.lines().filter_map(|l| l.strip_prefix("nameserver ")) {
-        // ip= carries two name servers at most.
-        if deliver != "cmdline" || net.matches("nameserver").count() < 2 {
-            assert!(
-                net.contains(&format!("nameserver {}", server.trim())),
-                "{net}"
-            );
-        }
+    assert!(resolv.contains(&format!("nameserver {DNS}")), "{resolv}");
+    let mut dns = vec![format!("nameserver {DNS}")];
+    if deliver != "cmdline" {
+        dns.push(format!("search {SEARCH}"));
+    }
+    for want in dns {
+        assert!(
+            net.contains(&want),
+            "the guest's /net.txt lacks {want:?}:\n{net}"
+        );
+    }
+
+    // The NoCloud seed, read back: label, the entry for the guest's MAC
+    // with A's address, and the host name.
+    if deliver == "nocloud" {
+        let path = applied["seed"].as_str().expect("the seed's path");
+        let image = fs::read(path).expect("the seed image, while the VM runs");
+        let (label, files) = read_vfat(&image).expect("a vfat seed");
+        assert_eq!(label.trim(), "cidata");
+        let file = |name: &str| {
+            files
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, text)| text.clone())
+                .unwrap_or_else(|| panic!("no {name} in the seed: {files:?}"))
+        };
+        let config = file("network-config");
+        assert!(
+            config.contains(&format!("macaddress: \"{mac}\""))
+                && config.contains(&format!("{ip}/{prefix}")),
+            "{config}"
+        );
+        assert!(file("meta-data").contains(&format!("local-hostname: {hostname}")));
     }
 
     // Stop the VM: macvtapctl forwards SIGTERM to QEMU, then undoes.
