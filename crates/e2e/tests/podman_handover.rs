@@ -649,6 +649,18 @@ fn handover_once(w: &World, deliver: &str, via: &str) -> Measured {
             "the guest's /net.txt lacks {want:?}:\n{net}"
         );
     }
+    // The guest's own clock when it had applied its identity: boot and
+    // delivery inside the guest, without QEMU's start.
+    if let Some(up) = net
+        .lines()
+        .find_map(|l| l.strip_prefix("uptime "))
+        .and_then(|u| u.trim().parse::<f64>().ok())
+    {
+        measured(
+            &format!("guest uptime when its identity was applied ({deliver})"),
+            Duration::from_secs_f64(up),
+        );
+    }
     // A's resolv.conf (podman --dns/--dns-search) went along; ip= has no
     // field for search domains.
     let resolv = w.podman.ok(&["exec", &w.a.name, "cat", "/etc/resolv.conf"]);
