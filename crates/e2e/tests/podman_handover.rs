@@ -494,8 +494,9 @@ struct Measured {
     undo: Duration,
 }
 
-/// Runs `ping` (without a count) until its first reply, then stops it
-/// (by its PID); `Err(what it said)` when it ended without one.
+/// Runs `ping` (without a count, under `timeout`) until its first reply,
+/// then stops it with SIGTERM by its PID (`timeout` passes that on to
+/// ping); `Err(what it said)` when it ended without one.
 fn first_reply(ping: &mut Command) -> Result<(), String> {
     let mut child = ping
         .stdout(Stdio::piped())
@@ -506,7 +507,8 @@ fn first_reply(ping: &mut Command) -> Result<(), String> {
     let mut said = Vec::new();
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         if line.contains("bytes from") {
-            let _ = child.kill();
+            // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let _ = child.wait();
             return Ok(());
         }
