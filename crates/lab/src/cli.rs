@@ -120,12 +120,15 @@ pub const DEFAULT_CACHE_DIR: &str = "/var/cache/macvtapctl";
 /// Print the QEMU arguments that boot the lab's small guest.
 ///
 /// A Debian kernel and a busybox initramfs (built from Debian packages on
-/// first use, cached) that configures --ip on its virtio NIC and answers
-/// ping, TCP echo on port 7 and HTTP on port 80. Needs `apt-get download`,
-/// busybox-static and xz. The words are shell-quoted: use eval.
+/// first use, cached) that configures --ip on its virtio NIC (or, with
+/// --delivered, takes its address from the kernel's ip=, a NoCloud seed or
+/// DHCP) and answers ping, TCP echo on port 7 and HTTP on port 80. Needs
+/// `apt-get download`, busybox-static and xz. The words are shell-quoted:
+/// use eval.
 ///
 /// Examples:
 ///   eval "macvtapctl qemu --interface mvtap0 -- $(macvtap-lab guest --ip 192.0.2.10/24 --serial stdio)"
+///   eval "macvtapctl handover --pid 1234 -- $(macvtap-lab guest --delivered --serial stdio)"
 ///   macvtap-lab guest --json
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
@@ -133,6 +136,11 @@ pub struct GuestArgs {
     /// The guest's address with prefix length.
     #[arg(long, default_value = "10.201.0.10/24", value_name = "CIDR")]
     pub ip: String,
+    /// No address word: the guest takes its identity from the kernel's
+    /// ip=, a NoCloud seed (a cidata disk) or DHCP, in that order, as
+    /// `macvtapctl handover --deliver cmdline|nocloud|dhcp` gives it.
+    #[arg(long, conflicts_with = "ip")]
+    pub delivered: bool,
     /// QEMU's -serial backend for the guest console (file:PATH, stdio, null).
     #[arg(long, default_value = "null", value_name = "BACKEND")]
     pub serial: String,

@@ -14,6 +14,7 @@ mod daemon;
 mod dp;
 mod elf;
 pub mod guest;
+mod handover;
 mod probe;
 mod signals;
 mod vm;
@@ -91,6 +92,8 @@ pub enum LabError {
     NoReply(String),
     #[error("{what}: {detail}")]
     Check { what: &'static str, detail: String },
+    #[error(transparent)]
+    Handover(#[from] macvtap_handover::Error),
 }
 
 impl LabError {
@@ -196,6 +199,8 @@ pub struct LabReport {
     pub http_status: Option<String>,
     pub http_body: Option<String>,
     pub timings: Timings,
+    /// The handover path, after the Kubernetes one (a VM, without --keep).
+    pub handover: Option<handover::HandoverReport>,
     /// With --keep: the script that removes what was kept.
     pub cleanup_script: Option<String>,
 }
@@ -501,6 +506,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) say: Say,
     pub(crate) made: &'a mut Made,
     pub(crate) timings: Timings,
+    /// The handover phase's report, once it ran.
+    pub(crate) handover: Option<handover::HandoverReport>,
 }
 
 /// What the lab will use, decided before anything is made.
@@ -551,6 +558,7 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
         say,
         made,
         timings: Timings::default(),
+        handover: None,
     };
     let plan = ctx.plan()?;
     check_signal()?;
@@ -565,6 +573,12 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
     } else {
         Services::default()
     };
+    if let GuestChoice::Vm(ensured) = &plan.guest {
+        if guest.kind == GuestKind::Vm && !args.keep {
+            check_signal()?;
+            ctx.handover = Some(handover::run(&mut ctx, &world, ensured)?);
+        }
+    }
     Ok(ctx.report(plan, world, attached, guest, rtts, services))
 }
 
@@ -736,18 +750,13 @@ impl Ctx<'_> {
         let log = world.dir.join("qemu.log");
         let guest_args = guest::qemu_args(
             &ensured.image,
-            guest_ip,
+            guest::GuestNet::Static(guest_ip),
             &format!("file:{}", serial.display()),
             &format!("{:08x}", world.nonce),
         )
         .map_err(|e| LabError::NoVm(macvtap_net::error_chain(&e)))?;
         let romless = vec!["romfile=".to_string()];
-        let nic = NicOptions {
-            queues: 1,
-            vhost: VhostChoice::Auto,
-            device_opts: &romless,
-            mac_override: args.guest_mac,
-        };
+        let nic = guest_nic(&romless, args.guest_mac);
         // On the device plugin's path QEMU gets the node the DeviceSpec
         // promised, opened as the VM's user; otherwise macvtapctl opens
         // the tap by its device number.
@@ -772,24 +781,8 @@ impl Ctx<'_> {
         for note in &plan.notes {
             say.line(format!("   note: {note}"));
         }
-        let log_file = fs::File::create(&log)
-            .map_err(|e| setup_err("QEMU log")(macvtap_net::error_chain(&e)))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| setup_err("QEMU log")(macvtap_net::error_chain(&e)))?;
-        let started = Instant::now();
         // Born in the pod's namespace, like virt-launcher's QEMU.
-        let child = pod.run(|| {
-            qemu::spawn(&plan, |cmd| {
-                use std::os::unix::process::CommandExt;
-                cmd.process_group(0)
-                    .stdin(std::process::Stdio::null())
-                    .stdout(log_file)
-                    .stderr(log_err);
-            })
-        })??;
-        drop(plan);
-        let vm = Vm::new(child, &serial, &log);
+        let (vm, started) = spawn_vm(pod, plan, &serial, &log)?;
         say.line(format!(
             "== QEMU (pid {}) boots the guest on {POD_IF} ({opened}), guest MAC {guest_mac}",
             vm.pid,
@@ -900,8 +893,13 @@ impl Ctx<'_> {
         check_signal()?;
         let (status, body, took) = probe::http_get(&world.lan, SocketAddr::from((GUEST_IP, 80)))?;
         self.timings.http_ms = Some(ms(took));
-        let want = format!("macvtapctl lab guest {:08x} mac {guest_mac}", world.nonce);
-        if !status.contains(" 200") || body.trim() != want {
+        let want = guest::page(
+            &format!("{:08x}", world.nonce),
+            guest_mac,
+            guest::DEFAULT_HOSTNAME,
+            "guestip",
+        );
+        if !status.contains(" 200") || body.trim() != want.trim() {
             return Err(LabError::Check {
                 what: "HTTP GET /",
                 detail: format!("got {status:?} {body:?}, wanted 200 and {want:?}"),
@@ -957,6 +955,7 @@ impl Ctx<'_> {
             http_status: services.http_status,
             http_body: services.http_body,
             timings: self.timings,
+            handover: self.handover,
             cleanup_script: None,
         };
         self.say.line(report_text(&report));
@@ -1079,6 +1078,44 @@ impl CniCall<'_> {
         ));
         Ok(())
     }
+}
+
+/// The guest's NIC as the lab gives it: one queue, vhost when usable.
+fn guest_nic(device_opts: &[String], mac_override: Option<MacAddr>) -> NicOptions<'_> {
+    NicOptions {
+        queues: 1,
+        vhost: VhostChoice::Auto,
+        device_opts,
+        mac_override,
+    }
+}
+
+/// Start QEMU inside `scope`, in its own process group, console on
+/// `serial`, its output in `log`; returns it and when it started. The
+/// plan's tap fds are closed here: QEMU has its copies.
+fn spawn_vm(
+    scope: &Scope,
+    plan: qemu::QemuPlan,
+    serial: &Path,
+    log: &Path,
+) -> Result<(Vm, Instant), LabError> {
+    let log_file =
+        fs::File::create(log).map_err(|e| setup_err("QEMU log")(macvtap_net::error_chain(&e)))?;
+    let log_err = log_file
+        .try_clone()
+        .map_err(|e| setup_err("QEMU log")(macvtap_net::error_chain(&e)))?;
+    let started = Instant::now();
+    let child = scope.run(|| {
+        qemu::spawn(&plan, |cmd| {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0)
+                .stdin(std::process::Stdio::null())
+                .stdout(log_file)
+                .stderr(log_err);
+        })
+    })??;
+    drop(plan);
+    Ok((Vm::new(child, serial, log), started))
 }
 
 /// Ping until the first reply; (start→reply, start→guest ready banner).
@@ -1299,6 +1336,22 @@ fn report_text(r: &LabReport) -> String {
     row("ping RTT", format!("{:?} ms", r.ping_rtt_ms));
     row("TCP echo (connect + echo)", opt(t.tcp_echo_ms, "ms"));
     row("HTTP GET /", opt(t.http_ms, "ms"));
+    if let Some(h) = &r.handover {
+        row(
+            "handover",
+            format!("{UPLINK} {} to the guest {} by DHCP", h.address, h.mac),
+        );
+        row("handover apply", format!("{:.1} ms", h.apply_ms));
+        row(
+            "QEMU start -> guest lease",
+            opt(h.lease_ms.map(|v| v / 1000.0), "s"),
+        );
+        row(
+            "QEMU start -> reply at its address",
+            format!("{:.2} s", h.first_reply_ms / 1000.0),
+        );
+        row("handover undo", format!("{:.1} ms", h.undo_ms));
+    }
     out
 }
 

@@ -53,7 +53,11 @@ fn run(cli: &Cli) -> Result<(), MainError> {
 /// `guest`: the QEMU arguments that boot the lab's guest.
 fn print_guest(args: &GuestArgs, json: bool) -> Result<(), MainError> {
     let ensured = guest::ensure(&args.cache_dir)?;
-    let qemu_args = guest::qemu_args(&ensured.image, &args.ip, &args.serial, &args.tag)?;
+    let net = match &args.ip {
+        _ if args.delivered => guest::GuestNet::Delivered,
+        ip => guest::GuestNet::Static(ip),
+    };
+    let qemu_args = guest::qemu_args(&ensured.image, net, &args.serial, &args.tag)?;
     if json {
         print_json(&serde_json::json!({
             "image": ensured.image,

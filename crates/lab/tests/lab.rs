@@ -125,7 +125,23 @@ fn the_device_plugins_device_boots_a_vm_that_answers_ping_tcp_and_http() {
     assert!(report["http_body"]
         .as_str()
         .unwrap()
-        .ends_with(&format!("mac {mac}")));
+        .ends_with(&format!("mac {mac} name macvtap-guest via guestip")));
+
+    // The handover path: the node's up0 plays a container; its identity
+    // went to a second guest over DHCP, which answered at its address with
+    // the macvtap's MAC, and came back.
+    let h = &report["handover"];
+    assert_eq!(h["address"], "10.201.0.20/24", "{h:#}");
+    let body = h["http_body"].as_str().unwrap();
+    let hmac = h["mac"].as_str().unwrap();
+    assert!(
+        body.ends_with(&format!("mac {hmac} name lab-handover via dhcp")),
+        "{h:#}"
+    );
+    for key in ["apply_ms", "lease_ms", "first_reply_ms", "undo_ms"] {
+        ms(h, key);
+    }
+    assert!(ms(h, "lease_ms") <= ms(h, "first_reply_ms"), "{h:#}");
 
     // Cleanup stopped the daemon with SIGTERM: exit 0, its sockets removed.
     let stopped = dp["stopped"].as_str().unwrap();
@@ -155,6 +171,8 @@ fn the_device_plugins_device_boots_a_vm_that_answers_ping_tcp_and_http() {
         "   ListAndWatch: 4 devices, all Healthy",
         "  Allocate  ",
         "(device plugin: SIGTERM -> exit 0",
+        "== handover: apply ",
+        "up0 has exactly its identity again",
     ] {
         assert!(out.stderr.contains(line), "no {line:?} in:\n{}", out.stderr);
     }

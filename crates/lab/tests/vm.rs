@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{cni_plugin, ctl, ctl_in, eventually, finding, run, ChildGuard};
+use macvtap_lab::guest::{page as page_line, DEFAULT_HOSTNAME};
 use macvtap_net::NetNs;
 use macvtap_testkit::{Lab, POD_IFNAME};
 
@@ -119,7 +120,7 @@ fn a_vm_on_a_cni_made_macvtap_answers_the_lan_and_a_wrong_mac_is_explained() {
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     // The guest itself reports the MAC its NIC has: the macvtap's.
     assert!(
-        page.ends_with(&format!("macvtapctl lab guest {tag} mac {MAC}\n")),
+        page.ends_with(&page_line(&tag, MAC, DEFAULT_HOSTNAME, "guestip")),
         "{page}"
     );
 
