@@ -443,8 +443,9 @@ impl Config {
         }
         if !clash.is_empty() {
             return Err(invalid(format!(
-                "\"handover\": true takes the container interface and its addresses from prevResult; {} make no sense with it (remove them)",
-                clash.join(", ")
+                "{}: not for \"handover\": true, which takes the container interface and its addresses from prevResult (remove {})",
+                clash.join(", "),
+                if clash.len() == 1 { "it" } else { "them" }
             )));
         }
         let mode = raw
