@@ -338,6 +338,12 @@ pub struct HandoverArgs {
     /// Undo a handover from its record (a killed supervisor, a --libvirt handover).
     #[arg(long)]
     pub undo: bool,
+    /// Run on the handover the chained CNI plugin made (`"handover": true`),
+    /// and refuse to apply one of its own. Without it that handover is
+    /// adopted anyway when its record exists. An adopted handover stays
+    /// applied when QEMU exits: the runtime's CNI DEL undoes it.
+    #[arg(long, conflicts_with = "undo")]
+    pub adopt: bool,
     /// Arguments for QEMU, after `--`.
     #[arg(last = true, value_name = "QEMU_ARGS")]
     pub qemu_args: Vec<String>,

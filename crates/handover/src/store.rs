@@ -361,6 +361,21 @@ impl Store {
         nix::unistd::fsync(self.fd()).map_err(err("fsync directory of"))
     }
 
+    /// Remove `<record stem>.<suffix>` next to the record of `key` (a
+    /// front end's companion file, e.g. `supervisor` or `seed.img`); the
+    /// name comes from the key, never from a file. Missing is fine.
+    pub fn remove_beside(&self, key: &RecordKey, suffix: &str) -> Result<()> {
+        let name = format!("{}.{suffix}", key.file_name().trim_end_matches(".json"));
+        match nix::unistd::unlinkat(self.fd(), name.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Error::Record {
+                op: "remove",
+                path: self.path.join(name),
+                source: e.into(),
+            }),
+        }
+    }
+
     /// Every readable record (for `doctor` and for listing handovers).
     pub fn records(&self) -> Result<Vec<Record>> {
         let fd = nix::fcntl::openat(

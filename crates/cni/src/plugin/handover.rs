@@ -286,6 +286,13 @@ fn teardown(state: &StateDir, cfg: &Config, env: &Env) -> Vec<CniError> {
                             // Gone with its namespace: so is all it made.
                             None => forget(&store, &record.key),
                         };
+                        // What a launcher (`macvtapctl handover`) keeps
+                        // next to the record, if it was killed.
+                        let done = done.and_then(|()| {
+                            ["supervisor", "seed.img"]
+                                .iter()
+                                .try_for_each(|s| store.remove_beside(&record.key, s))
+                        });
                         if let Err(e) = done {
                             errors.push(core_error(e));
                         }
