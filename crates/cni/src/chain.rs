@@ -5,6 +5,9 @@
 
 use std::net::IpAddr;
 
+use macvtap_handover::Dns;
+use serde_json::Value;
+
 use crate::error::{code, err, Result};
 use crate::spec::{CniResult, Interface, IpConfig};
 
@@ -110,6 +113,37 @@ pub fn handed_over(prev: &CniResult, chosen: &Chosen, macvtap: Interface) -> Cni
         }
     }
     out
+}
+
+/// `prevResult`'s `dns` as the handover records it (and the guest gets it):
+/// name servers (an entry that is not an IP address is a decode error,
+/// code 6) and search domains; `domain` and `options` are not handed over.
+pub fn dns_of(prev: &CniResult) -> Result<Dns> {
+    let mut dns = Dns::default();
+    let Some(obj) = prev.dns.as_ref().and_then(Value::as_object) else {
+        return Ok(dns);
+    };
+    let strings = |key: &str| -> Vec<String> {
+        obj.get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for ns in strings("nameservers") {
+        dns.nameservers.push(ns.parse().map_err(|_| {
+            err(
+                code::DECODE,
+                format!("prevResult dns.nameservers: {ns:?} is not an IP address"),
+            )
+        })?);
+    }
+    dns.search = strings("search");
+    Ok(dns)
 }
 
 #[cfg(test)]
@@ -246,5 +280,26 @@ mod tests {
         let json = out.to_json(crate::spec::Version::V100);
         assert_eq!(json["ips"][0]["interface"], 3);
         assert_eq!(json["interfaces"][3]["mac"], "02:00:00:00:00:09");
+    }
+
+    #[test]
+    fn dns_comes_from_prev_result() {
+        let dns = dns_of(&bridge_result()).unwrap();
+        assert_eq!(
+            dns.nameservers,
+            vec!["10.88.0.1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(dns.search.is_empty());
+        let mut prev = bridge_result();
+        prev.dns = Some(
+            json!({"nameservers": ["fd00::53", "10.0.0.53"], "search": ["a.example", "b.example"], "domain": "x"}),
+        );
+        let dns = dns_of(&prev).unwrap();
+        assert_eq!(dns.nameservers.len(), 2);
+        assert_eq!(dns.search, vec!["a.example", "b.example"]);
+        prev.dns = None;
+        assert_eq!(dns_of(&prev).unwrap(), Dns::default());
+        prev.dns = Some(json!({"nameservers": ["ns1.example"]}));
+        assert_eq!(dns_of(&prev).unwrap_err().code, code::DECODE);
     }
 }

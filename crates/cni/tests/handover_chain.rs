@@ -151,24 +151,33 @@ fn quiet_dad(ns: &Netns) {
     let _ = ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
 }
 
+/// The attachment `tag` of container namespace `ns` on the lab's node,
+/// with `kind` (bridge, ptp) first on `10.<net>.0.0/24`.
+fn attachment<'a>(lab: &'a Lab, ns: &Netns, tag: &str, kind: &str, net: u8) -> Attachment<'a> {
+    quiet_dad(ns);
+    quiet_dad(&lab.node);
+    Attachment {
+        lab,
+        ns: ns.path(),
+        container_id: lab.other_container_id(tag),
+        first: first_plugin(lab, kind, net),
+    }
+}
+
+/// After our DEL: no node, no handover file; a second DEL is fine too.
+fn assert_undone_and_del_again(a: &Attachment, conf: &Value, node: &Path) {
+    assert!(!node.exists(), "{} left", node.display());
+    let left = handover_files(a.lab);
+    assert!(left.is_empty(), "{left:?}");
+    a.ours("DEL", conf).run().success();
+}
+
 #[test]
 fn bridge_then_handover_gives_the_guest_the_containers_address_and_del_gives_it_back() {
     let lab = lab("hochain");
     let b_ns = lab.netns("b");
-    quiet_dad(&lab.pod);
-    quiet_dad(&lab.node);
-    let a = Attachment {
-        lab: &lab,
-        ns: lab.pod.path(),
-        container_id: lab.other_container_id("a"),
-        first: first_plugin(&lab, "bridge", 91),
-    };
-    let b = Attachment {
-        lab: &lab,
-        ns: b_ns.path(),
-        container_id: lab.other_container_id("b"),
-        first: first_plugin(&lab, "bridge", 91),
-    };
+    let a = attachment(&lab, &lab.pod, "a", "bridge", 91);
+    let b = attachment(&lab, &b_ns, "b", "bridge", 91);
     let conf = handover_conf(&lab);
     let prev = a.add_first();
     let ip_a = address_of(&prev);
@@ -270,13 +279,7 @@ fn bridge_then_handover_gives_the_guest_the_containers_address_and_del_gives_it_
     a.ours("DEL", &conf).run().success();
     let del_took = t.elapsed();
     assert_eq!(snapshot(&lab.pod), before);
-    assert!(!node.exists());
-    assert!(
-        handover_files(&lab).is_empty(),
-        "{:?}",
-        handover_files(&lab)
-    );
-    a.ours("DEL", &conf).run().success();
+    assert_undone_and_del_again(&a, &conf, &node);
     a.ours("CHECK", &check).run().error(107);
     eprintln!(
         "measured: chained handover ADD {:.1} ms, DEL {:.1} ms (whole plugin processes)",
@@ -294,14 +297,7 @@ fn del_after_the_namespace_is_gone_succeeds_and_forgets_the_record() {
     let lab = lab("hogone");
     // ptp this time: any plugin that returns a container interface will do.
     let mut gone = lab.netns("gone");
-    quiet_dad(&gone);
-    quiet_dad(&lab.node);
-    let a = Attachment {
-        lab: &lab,
-        ns: gone.path(),
-        container_id: lab.other_container_id("g"),
-        first: first_plugin(&lab, "ptp", 92),
-    };
+    let a = attachment(&lab, &gone, "g", "ptp", 92);
     let conf = handover_conf(&lab);
     let prev = a.add_first();
     let result = a.add_ours(&conf, &prev).result();
@@ -311,13 +307,7 @@ fn del_after_the_namespace_is_gone_succeeds_and_forgets_the_record() {
     assert_eq!(handover_files(&lab).len(), 1);
     gone.delete();
     a.ours("DEL", &conf).run().success();
-    assert!(!node.exists());
-    assert!(
-        handover_files(&lab).is_empty(),
-        "{:?}",
-        handover_files(&lab)
-    );
-    a.ours("DEL", &conf).run().success();
+    assert_undone_and_del_again(&a, &conf, &node);
     a.reference("DEL").run().success();
     lab.assert_clean("DEL after the namespace was removed");
 }
@@ -326,14 +316,7 @@ fn del_after_the_namespace_is_gone_succeeds_and_forgets_the_record() {
 fn bad_chains_are_refused_clearly_and_change_nothing() {
     let lab = lab("hobad");
     let other = lab.netns("other");
-    quiet_dad(&lab.pod);
-    quiet_dad(&lab.node);
-    let a = Attachment {
-        lab: &lab,
-        ns: lab.pod.path(),
-        container_id: lab.other_container_id("a"),
-        first: first_plugin(&lab, "bridge", 93),
-    };
+    let a = attachment(&lab, &lab.pod, "a", "bridge", 93);
     let conf = handover_conf(&lab);
     let prev = a.add_first();
     let before = snapshot(&lab.pod);

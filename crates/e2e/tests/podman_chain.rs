@@ -318,7 +318,7 @@ fn podman_chain_bridge_then_handover_the_launcher_boots_the_guest_and_rm_leaves_
     );
 
     // The guest's own page, signed with its NIC's MAC: the macvtap's.
-    // (busybox's wget is not usable in this image: nc speaks HTTP/1.0.)
+    // (busybox wget printed nothing and failed here; nc speaks HTTP/1.0.)
     let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {a_ip} 80");
     let (ok, page) = exec_in(&podman, &b, &["sh", "-c", &get]);
     assert!(ok, "B cannot fetch the guest's page: {page}");

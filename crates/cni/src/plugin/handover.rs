@@ -14,7 +14,7 @@ use macvtap_state::{NodeRef, StateDir};
 use serde_json::Value;
 
 use super::{combine, with_failures};
-use crate::chain::{choose, handed_over, Chosen};
+use crate::chain::{choose, dns_of, handed_over, Chosen};
 use crate::config::Config;
 use crate::error::{code, err, CniError, Result};
 use crate::kernel::{kernel_error, Pod};
@@ -68,35 +68,6 @@ fn node_of(env: &Env) -> NodeRef<'_> {
         container_id: &env.container_id,
         ifname: &env.ifname,
     }
-}
-
-/// prevResult's `dns` as the core records it.
-fn dns_of(prev: &CniResult) -> Result<Dns> {
-    let mut dns = Dns::default();
-    let Some(obj) = prev.dns.as_ref().and_then(Value::as_object) else {
-        return Ok(dns);
-    };
-    let strings = |key: &str| -> Vec<String> {
-        obj.get(key)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for ns in strings("nameservers") {
-        dns.nameservers.push(ns.parse().map_err(|_| {
-            err(
-                code::DECODE,
-                format!("prevResult dns.nameservers: {ns:?} is not an IP address"),
-            )
-        })?);
-    }
-    dns.search = strings("search");
-    Ok(dns)
 }
 
 /// Is the chosen interface really the container's: the namespace its
@@ -158,7 +129,14 @@ pub(super) fn add(
 
     let state = StateDir::open(&cfg.policy.state_dir)?;
     let container = state.lock_container(container_id, cfg.policy.lock_timeout)?;
-    let result = add_locked(cfg, env, &state, &mut pod, &prev, &chosen, dns, mode);
+    let at = Attaching {
+        cfg,
+        env,
+        state: &state,
+        prev: &prev,
+        chosen: &chosen,
+    };
+    let result = at.add_locked(&mut pod, dns, mode);
     match result {
         Ok(_) => drop(container),
         Err(_) => state.finish_container(container),
@@ -166,23 +144,31 @@ pub(super) fn add(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_locked(
-    cfg: &Config,
-    env: &Env,
-    state: &StateDir,
-    pod: &mut Pod,
-    prev: &CniResult,
-    chosen: &Chosen,
-    dns: Dns,
-    mode: MacvtapMode,
-) -> Result<Value> {
-    let store = Store::open(&cfg.policy.state_dir).map_err(core_error)?;
-    let owner = owner_of(cfg, env);
-    // The spec forbids a second ADD without DEL; say so rather than hand
-    // over an interface that has no identity left.
-    if let Some(r) = records_of(&store, &owner)?.first() {
-        return Err(err(
+/// One ADD of a handover, its input checked.
+struct Attaching<'a> {
+    cfg: &'a Config,
+    env: &'a Env,
+    state: &'a StateDir,
+    prev: &'a CniResult,
+    chosen: &'a Chosen,
+}
+
+impl Attaching<'_> {
+    /// With the container's lock held.
+    fn add_locked(&self, pod: &mut Pod, dns: Dns, mode: MacvtapMode) -> Result<Value> {
+        let Attaching {
+            cfg,
+            env,
+            state,
+            chosen,
+            ..
+        } = *self;
+        let store = Store::open(&cfg.policy.state_dir).map_err(core_error)?;
+        let owner = owner_of(cfg, env);
+        // The spec forbids a second ADD without DEL; say so rather than hand
+        // over an interface that has no identity left.
+        if let Some(r) = records_of(&store, &owner)?.first() {
+            return Err(err(
             code::ALREADY_HANDED_OVER,
             format!(
                 "container {} ({}) is already handed over on network {:?} (record {}); DEL it first; nothing changed",
@@ -192,60 +178,60 @@ fn add_locked(
                 store.record_path(&r.key).display()
             ),
         ));
-    }
-    let mut opts = ApplyOptions::new(chosen.name.clone());
-    opts.mac = cfg.mac;
-    opts.mode = mode;
-    opts.resolv_conf = ResolvConf::Given(dns);
-    opts.cni = Some(owner);
-    // The record (with its owner) is durable before anything changes.
-    let applied = apply(&store, &pod.ns, &opts).map_err(core_error)?;
-    let record = &applied.record;
-    match finish(cfg, env, state, pod, prev, chosen, record) {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            let mut failures = Vec::new();
-            if let Err(u) = state.remove_node(node_of(env), None) {
-                failures.push(u.into());
+        }
+        let mut opts = ApplyOptions::new(chosen.name.clone());
+        opts.mac = cfg.mac;
+        opts.mode = mode;
+        opts.resolv_conf = ResolvConf::Given(dns);
+        opts.cni = Some(owner);
+        // The record (with its owner) is durable before anything changes.
+        let applied = apply(&store, &pod.ns, &opts).map_err(core_error)?;
+        let record = &applied.record;
+        match self.finish(pod, record) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let mut failures = Vec::new();
+                if let Err(u) = state.remove_node(node_of(env), None) {
+                    failures.push(u.into());
+                }
+                if let Err(u) = undo(&store, &pod.ns, &chosen.name) {
+                    failures.push(core_error(u));
+                }
+                Err(with_failures(e, "undoing the handover", failures))
             }
-            if let Err(u) = undo(&store, &pod.ns, &chosen.name) {
-                failures.push(core_error(u));
-            }
-            Err(with_failures(e, "undoing the handover", failures))
         }
     }
-}
 
-/// After apply: the device node, and the result.
-fn finish(
-    cfg: &Config,
-    env: &Env,
-    state: &StateDir,
-    pod: &mut Pod,
-    prev: &CniResult,
-    chosen: &Chosen,
-    record: &Record,
-) -> Result<Value> {
-    let name = &record.made.macvtap;
-    let link = pod
-        .nl
-        .link_by_name(name)
-        .map_err(kernel_error)?
-        .ok_or_else(|| {
-            err(
-                code::KERNEL,
-                format!("macvtap {name} vanished right after it was made"),
-            )
-        })?;
-    let dev = pod.tap_device_number(name, link.index)?;
-    state.make_node(node_of(env), dev.major, dev.minor, cfg.owner, cfg.group)?;
-    let macvtap = Interface {
-        name: name.clone(),
-        mac: Some(record.made.mac.to_string()),
-        mtu: Some(link.mtu),
-        sandbox: Some(env.netns.clone()),
-    };
-    Ok(handed_over(prev, chosen, macvtap).to_json(cfg.version))
+    /// After apply: the device node, and the result.
+    fn finish(&self, pod: &mut Pod, record: &Record) -> Result<Value> {
+        let Attaching {
+            cfg,
+            env,
+            state,
+            prev,
+            chosen,
+        } = *self;
+        let name = &record.made.macvtap;
+        let link = pod
+            .nl
+            .link_by_name(name)
+            .map_err(kernel_error)?
+            .ok_or_else(|| {
+                err(
+                    code::KERNEL,
+                    format!("macvtap {name} vanished right after it was made"),
+                )
+            })?;
+        let dev = pod.tap_device_number(name, link.index)?;
+        state.make_node(node_of(env), dev.major, dev.minor, cfg.owner, cfg.group)?;
+        let macvtap = Interface {
+            name: name.clone(),
+            mac: Some(record.made.mac.to_string()),
+            mtu: Some(link.mtu),
+            sandbox: Some(env.netns.clone()),
+        };
+        Ok(handed_over(prev, chosen, macvtap).to_json(cfg.version))
+    }
 }
 
 /// DEL: undo every handover this attachment made (the namespace gone:
