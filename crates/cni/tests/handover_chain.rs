@@ -242,6 +242,17 @@ fn bridge_then_handover_gives_the_guest_the_containers_address_and_del_gives_it_
     let mut check = conf.clone();
     check["prevResult"] = result.clone();
     a.ours("CHECK", &check).run().success();
+    // ... and notices the container's stack holding the address again.
+    let cidr = format!("{ip_a}/24");
+    lab.pod
+        .ip_ok(&["addr", "add", &cidr, "dev", IFNAME, "noprefixroute"]);
+    let differs = a.ours("CHECK", &check).run().error(107);
+    assert!(
+        differs["msg"].as_str().unwrap().contains(&cidr),
+        "{differs}"
+    );
+    lab.pod.ip_ok(&["addr", "del", &cidr, "dev", IFNAME]);
+    a.ours("CHECK", &check).run().success();
 
     // Container B on the bridge, and the host (NODE, the bridge's gateway
     // address), reach the guest stand-in on the tap at A's address.
@@ -429,7 +440,44 @@ fn bad_chains_are_refused_clearly_and_change_nothing() {
         );
     }
     assert_no_failures(&failures);
+    // prevResult says IPv4, the kernel says none: the core refuses.
+    lab.pod.ip_ok(&["-4", "addr", "flush", "dev", IFNAME]);
+    let flushed = snapshot(&lab.pod);
+    a.add_ours(&conf, &prev).error(108);
+    assert_eq!(snapshot(&lab.pod), flushed);
+    assert!(handover_files(&lab).is_empty());
     // DEL of an attachment that never was: fine.
     a.del_chain(&conf);
     lab.assert_clean("bad chains");
+}
+
+#[test]
+fn gc_tears_down_a_handover_that_is_no_longer_valid() {
+    let lab = lab("hogc");
+    let a = attachment(&lab, &lab.pod, "a", "bridge", 95);
+    let conf = handover_conf(&lab);
+    let prev = a.add_first();
+    let before = snapshot(&lab.pod);
+    a.add_ours(&conf, &prev).result();
+    let node = lab.pod_tap_path(&a.container_id, IFNAME);
+    let mut gc = conf.clone();
+    gc["cniVersion"] = "1.1.0".into();
+    // Still valid: kept.
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": a.container_id, "ifname": IFNAME}]);
+    a.ours("GC", &gc).run().success();
+    assert!(node.exists());
+    assert_eq!(handover_files(&lab).len(), 1);
+    // Another network's GC does not touch it.
+    let mut other = gc.clone();
+    other["name"] = "othernet".into();
+    other["cni.dev/valid-attachments"] = json!([]);
+    a.ours("GC", &other).run().success();
+    assert_eq!(handover_files(&lab).len(), 1);
+    // Not valid any more: undone as DEL would.
+    gc["cni.dev/valid-attachments"] = json!([]);
+    a.ours("GC", &gc).run().success();
+    assert_eq!(snapshot(&lab.pod), before);
+    assert_undone_and_del_again(&a, &conf, &node);
+    a.reference("DEL").run().success();
+    lab.assert_clean("GC");
 }
