@@ -331,6 +331,8 @@ fn bad_chains_are_refused_clearly_and_change_nothing() {
     let conf = handover_conf(&lab);
     let prev = a.add_first();
     let before = snapshot(&lab.pod);
+    let fifo = lab.dir.path().join("sandbox.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let with = |key: &str, value: Value| {
         let mut c = conf.clone();
         c[key] = value;
@@ -370,6 +372,14 @@ fn bad_chains_are_refused_clearly_and_change_nothing() {
             conf.clone(),
             Some(edit(&|p| {
                 p["interfaces"][2]["sandbox"] = other.path().to_string_lossy().into()
+            })),
+            108,
+        ),
+        (
+            "a sandbox that is a FIFO (never opened)",
+            conf.clone(),
+            Some(edit(&|p| {
+                p["interfaces"][2]["sandbox"] = fifo.to_string_lossy().into()
             })),
             108,
         ),

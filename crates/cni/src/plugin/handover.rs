@@ -76,8 +76,11 @@ fn node_of(env: &Env) -> NodeRef<'_> {
 fn verify_in_container(pod: &mut Pod, env: &Env, chosen: &Chosen) -> Result<()> {
     let not_ready = |m: String| err(code::NOT_HANDOVER_READY, m);
     if chosen.sandbox != env.netns {
+        // prevResult is tenant input: the path is only stat-ed (opening it
+        // could block on a FIFO), and must be this very namespace file.
+        use std::os::unix::fs::MetadataExt;
         let ours = pod.ns.identity().map_err(kernel_error)?;
-        let theirs = NetNs::open(&chosen.sandbox).and_then(|ns| ns.identity());
+        let theirs = std::fs::metadata(&chosen.sandbox).map(|m| (m.dev(), m.ino()));
         if theirs.ok() != Some(ours) {
             return Err(not_ready(format!(
                 "prevResult puts {:?} in {:?}, which is not this container's namespace {:?}; nothing changed",
