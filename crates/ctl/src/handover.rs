@@ -321,7 +321,7 @@ pub fn run(
 }
 
 /// Who undoes a CNI-made handover.
-fn cni_undo_hint(owner: &CniOwner) -> String {
+pub(crate) fn cni_undo_hint(owner: &CniOwner) -> String {
     format!(
         "the runtime's CNI DEL of network {:?}, container {} ({}), e.g. `podman rm` or `podman network disconnect`",
         owner.network, owner.container_id, owner.ifname
@@ -830,6 +830,8 @@ pub struct HalfDone {
     pub supervisor: Option<(SupervisorInfo, bool)>,
     /// Whether the record's namespace still exists (the same one).
     pub netns_alive: bool,
+    /// The CNI attachment that made it (the chained plugin), if any.
+    pub cni: Option<CniOwner>,
 }
 
 /// Every record under `state_dir` and its supervisor's state. Does not
@@ -852,6 +854,7 @@ pub fn records(state_dir: &str) -> Result<Vec<HalfDone>, macvtap_handover::Error
             phase: r.phase,
             supervisor: read_supervisor(&supervisor_path(&store, &r.key)),
             netns_alive,
+            cni: r.cni,
         });
     }
     Ok(out)

@@ -84,6 +84,17 @@ fn an_adopted_handover_runs_qemu_from_the_record_and_stays_applied_when_qemu_exi
     assert_eq!(c.snapshot(), during);
     assert_eq!(c.state_files(), vec![record.key.file_name()]);
 
+    // doctor: a CNI-owned handover with no launcher is no problem.
+    let state = c.state_dir();
+    let run = common::run_in(&c.ctr, &["doctor", "--state-dir", &state, "--json"]);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    let f = common::finding(&report, "eth0", "handover");
+    assert_eq!(f["status"], "ok", "{f:#}");
+    assert!(
+        f.to_string().contains("CNI plugin") && f.to_string().contains("ctr-1"),
+        "{f:#}"
+    );
+
     // --undo is the CNI DEL's job, not the launcher's.
     let refused = c.handover(&["--undo"]).fails_with(1).to_string();
     assert!(refused.contains("CNI DEL"), "{refused}");
