@@ -491,3 +491,51 @@ fn gc_tears_down_a_handover_that_is_no_longer_valid() {
     a.reference("DEL").run().success();
     lab.assert_clean("GC");
 }
+
+/// The plugin's ADD killed after each step of the core's apply (the
+/// core's test hook stops there as if killed, record kept): the runtime's
+/// DEL restores the container, and so does a retried ADD before it hands
+/// over again.
+#[test]
+fn an_add_interrupted_at_each_step_is_undone_by_del_or_by_a_retried_add() {
+    use macvtap_handover::{apply, ApplyOptions, ApplyStep, CniOwner, Error, Store};
+    let lab = lab("hokill");
+    let a = attachment(&lab, &lab.pod, "a", "bridge", 96);
+    let conf = handover_conf(&lab);
+    let prev = a.add_first();
+    let before = snapshot(&lab.pod);
+    let store = Store::open(lab.state_dir().to_str().unwrap()).unwrap();
+    let ns = macvtap_net::NetNs::open(lab.pod.path()).unwrap();
+    let interrupted = |step: ApplyStep| {
+        let mut opts = ApplyOptions::new(IFNAME);
+        opts.cni = Some(CniOwner {
+            network: NETWORK.into(),
+            container_id: a.container_id.clone(),
+            ifname: IFNAME.into(),
+        });
+        opts.stop_after = Some(step);
+        let stopped = apply(&store, &ns, &opts);
+        assert!(matches!(stopped, Err(Error::StoppedByHook(s)) if s == step));
+        assert_eq!(handover_files(&lab).len(), 1);
+    };
+    for step in ApplyStep::ALL {
+        interrupted(step);
+        a.ours("DEL", &conf).run().success();
+        assert_eq!(snapshot(&lab.pod), before, "DEL after {step:?}");
+        assert!(handover_files(&lab).is_empty(), "DEL after {step:?}");
+
+        interrupted(step);
+        let result = a.add_ours(&conf, &prev).result();
+        let mv = result["interfaces"][3]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(lab.pod.expect_link(&mv).kind.as_deref(), Some("macvtap"));
+        assert!(lab.pod.addr_cidrs(IFNAME, "inet").is_empty());
+        assert_eq!(handover_files(&lab).len(), 1, "retry after {step:?}");
+        a.ours("DEL", &conf).run().success();
+        assert_eq!(snapshot(&lab.pod), before, "retry after {step:?}, DEL");
+    }
+    a.reference("DEL").run().success();
+    lab.assert_clean("interrupted ADDs");
+}

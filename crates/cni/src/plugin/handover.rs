@@ -168,19 +168,30 @@ impl Attaching<'_> {
         } = *self;
         let store = Store::open(&cfg.policy.state_dir).map_err(core_error)?;
         let owner = owner_of(cfg, env);
-        // The spec forbids a second ADD without DEL; say so rather than hand
-        // over an interface that has no identity left.
-        if let Some(r) = records_of(&store, &owner)?.first() {
+        for old in records_of(&store, &owner)? {
+            if old.phase == Phase::Intent {
+                // An ADD of this attachment interrupted (kill -9) half way:
+                // undone first, so that the retry succeeds.
+                let ns = namespace_of(&old, &env.netns);
+                match ns {
+                    Some(ns) => undo(&store, &ns, &old.key.interface).map(|_| ()),
+                    None => forget(&store, &old.key),
+                }
+                .map_err(core_error)?;
+                continue;
+            }
+            // The spec forbids a second ADD without DEL; say so rather than
+            // hand over an interface that has no identity left.
             return Err(err(
-            code::ALREADY_HANDED_OVER,
-            format!(
-                "container {} ({}) is already handed over on network {:?} (record {}); DEL it first; nothing changed",
-                owner.container_id,
-                owner.ifname,
-                owner.network,
-                store.record_path(&r.key).display()
-            ),
-        ));
+                code::ALREADY_HANDED_OVER,
+                format!(
+                    "container {} ({}) is already handed over on network {:?} (record {}); DEL it first; nothing changed",
+                    owner.container_id,
+                    owner.ifname,
+                    owner.network,
+                    store.record_path(&old.key).display()
+                ),
+            ));
         }
         let mut opts = ApplyOptions::new(chosen.name.clone());
         opts.mac = cfg.mac;
