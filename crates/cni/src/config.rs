@@ -39,6 +39,9 @@ struct RawConf {
     prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<ValidAttachment>>,
+    #[serde(default)]
+    handover: bool,
+    handover_interface: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +75,14 @@ pub enum Source {
         device: String,
         mode: MacvtapMode,
         source_macs: Vec<MacAddr>,
+    },
+    /// Chained handover (`"handover": true`): a macvtap on the container
+    /// interface the previous plugin made, which hands its identity over.
+    Handover {
+        /// `handoverInterface`: which of prevResult's container interfaces
+        /// (default: the first with an IPv4 address).
+        interface: Option<String>,
+        mode: MacvtapMode,
     },
 }
 
@@ -151,7 +162,8 @@ fn check_types(value: &Value) -> Result<()> {
         let (ok, want) = match key.as_str() {
             "cniVersion" | "name" | "type" | "deviceID" | "master" | "lowerDevice" | "mode"
             | "mac" | "stateDir" => (string(v), "a string"),
-            "linkInContainer" | "promiscMode" => (v.is_boolean(), "true or false"),
+            "handoverInterface" => (string(v), "a string"),
+            "linkInContainer" | "promiscMode" | "handover" => (v.is_boolean(), "true or false"),
             "mtu" | "owner" | "group" => (int(v), "an integer"),
             "sourceMacs" => (
                 v.as_array().is_some_and(|a| a.iter().all(string)),
@@ -254,15 +266,24 @@ impl Config {
     /// record says what was made, so refusing would only leak it.
     pub fn parse_for_teardown(value: Value, policy: &NodePolicy) -> Result<Self> {
         let Decoded { raw, version, name } = decode(value, policy, true)?;
-        Ok(Config {
-            version,
-            name,
-            // Not used by DEL: the record names the link.
-            source: Source::Lower {
+        // Not used by DEL (the record names the link), except to tell a
+        // handover's DEL from a macvtap attachment's.
+        let source = if raw.handover {
+            Source::Handover {
+                interface: raw.handover_interface.clone(),
+                mode: MacvtapMode::Bridge,
+            }
+        } else {
+            Source::Lower {
                 device: String::new(),
                 mode: MacvtapMode::Bridge,
                 source_macs: Vec::new(),
-            },
+            }
+        };
+        Ok(Config {
+            version,
+            name,
+            source,
             link_in_container: raw.link_in_container,
             mtu: None,
             promisc: false,
@@ -280,6 +301,14 @@ impl Config {
     /// CNI_ARGS (for `MAC=`).
     pub fn parse(value: Value, env: &Env, policy: &NodePolicy) -> Result<Self> {
         let Decoded { raw, version, name } = decode(value, policy, false)?;
+        if raw.handover {
+            return Self::handover(raw, version, name, policy);
+        }
+        if raw.handover_interface.is_some() {
+            return Err(invalid(
+                "handoverInterface needs \"handover\": true (a chained handover)",
+            ));
+        }
 
         let lower = match (raw.master, raw.lower_device) {
             (Some(a), Some(b)) if a != b => {
@@ -382,6 +411,79 @@ impl Config {
             group: id_from(raw.group, "group")?,
             policy: policy.clone(),
             ipam: raw.ipam,
+            prev_result: raw.prev_result,
+            valid_attachments: raw.valid_attachments,
+        })
+    }
+}
+
+impl Config {
+    /// A chained handover's configuration. What would make a macvtap of
+    /// its own (a lower device, a device, IPAM, MTU, promiscuous mode) is
+    /// refused: the container interface and its addresses come from
+    /// `prevResult`. The guest's MAC is the `mac` key's or generated: a
+    /// runtime's MAC (CNI_ARGS `MAC=`, `runtimeConfig.mac`) belongs to the
+    /// previous plugin's interface and is not used here.
+    fn handover(raw: RawConf, version: Version, name: String, policy: &NodePolicy) -> Result<Self> {
+        let mut clash: Vec<&str> = Vec::new();
+        let keys = [
+            ("deviceID", raw.device_id.is_some()),
+            ("master", raw.master.is_some()),
+            ("lowerDevice", raw.lower_device.is_some()),
+            ("ipam", raw.ipam.is_some()),
+            ("sourceMacs", raw.source_macs.is_some()),
+            ("linkInContainer", raw.link_in_container),
+            ("mtu", raw.mtu.is_some()),
+            ("promiscMode", raw.promisc_mode),
+        ];
+        for (key, set) in keys {
+            if set {
+                clash.push(key);
+            }
+        }
+        if !clash.is_empty() {
+            return Err(invalid(format!(
+                "{}: not for \"handover\": true, which takes the container interface and its addresses from prevResult (remove {})",
+                clash.join(", "),
+                if clash.len() == 1 { "it" } else { "them" }
+            )));
+        }
+        let mode = raw
+            .mode
+            .as_deref()
+            .map(|m| m.parse::<MacvtapMode>().map_err(invalid))
+            .transpose()?
+            .unwrap_or(MacvtapMode::Bridge);
+        if matches!(mode, MacvtapMode::Source | MacvtapMode::Passthru) {
+            return Err(invalid(format!(
+                "mode {mode} cannot hand over an identity: use bridge (the default), vepa or private"
+            )));
+        }
+        if let Some(ifname) = &raw.handover_interface {
+            if let Some(why) = crate::spec::invalid_ifname(ifname) {
+                return Err(invalid(format!("handoverInterface {ifname:?} {why}")));
+            }
+        }
+        let mac = raw
+            .mac
+            .as_deref()
+            .map(|m| MacAddr::parse_unicast(m).map_err(|e| invalid(format!("mac: {e}"))))
+            .transpose()?;
+        Ok(Config {
+            version,
+            name,
+            source: Source::Handover {
+                interface: raw.handover_interface,
+                mode,
+            },
+            link_in_container: false,
+            mtu: None,
+            promisc: false,
+            mac,
+            owner: id_from(raw.owner, "owner")?,
+            group: id_from(raw.group, "group")?,
+            policy: policy.clone(),
+            ipam: None,
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments,
         })
@@ -564,5 +666,63 @@ mod tests {
             let got = parse(conf.clone(), args).unwrap_err();
             assert_eq!(got.code, want, "{conf} -> {got}");
         }
+    }
+
+    #[test]
+    fn handover_takes_its_own_keys_and_refuses_what_makes_no_sense() {
+        let base = json!({"cniVersion":"1.0.0","name":"n","type":"macvtap","handover":true});
+        let c = parse(base.clone(), "MAC=02:00:00:00:00:02").unwrap();
+        assert_eq!(
+            c.source,
+            Source::Handover {
+                interface: None,
+                mode: MacvtapMode::Bridge
+            }
+        );
+        // A runtime's MAC is the previous plugin's interface's, not the guest's.
+        assert_eq!(c.mac, None);
+        let mut named = base.clone();
+        named["handoverInterface"] = "net1".into();
+        named["mac"] = "02:00:00:00:00:05".into();
+        named["mode"] = "vepa".into();
+        let c = parse(named, "").unwrap();
+        assert_eq!(
+            c.source,
+            Source::Handover {
+                interface: Some("net1".into()),
+                mode: MacvtapMode::Vepa
+            }
+        );
+        assert_eq!(c.mac.unwrap().to_string(), "02:00:00:00:00:05");
+        for (key, value) in [
+            ("master", json!("eth0")),
+            ("lowerDevice", json!("eth0")),
+            ("deviceID", json!("a-1")),
+            ("ipam", json!({"type":"host-local"})),
+            ("linkInContainer", json!(true)),
+            ("mtu", json!(1400)),
+            ("promiscMode", json!(true)),
+            ("mode", json!("passthru")),
+            ("mode", json!("source")),
+            ("mac", json!("01:00:5e:00:00:01")),
+            ("handoverInterface", json!("a/b")),
+        ] {
+            let mut conf = base.clone();
+            conf[key] = value.clone();
+            let got = parse(conf, "").unwrap_err();
+            assert_eq!(got.code, code::INVALID_CONFIG, "{key}={value}: {got}");
+        }
+        let mut conf = base.clone();
+        conf["handover"] = "yes".into();
+        assert_eq!(parse(conf, "").unwrap_err().code, code::DECODE);
+        // handoverInterface alone is a mistake, not a silent standalone config.
+        let conf =
+            json!({"cniVersion":"1.0.0","name":"n","master":"eth0","handoverInterface":"eth0"});
+        assert_eq!(parse(conf, "").unwrap_err().code, code::INVALID_CONFIG);
+        // DEL tells a handover from an attachment even from a config ADD refuses.
+        let mut conf = base;
+        conf["master"] = "eth0".into();
+        let c = Config::parse_for_teardown(conf, &NodePolicy::default()).unwrap();
+        assert!(matches!(c.source, Source::Handover { .. }));
     }
 }

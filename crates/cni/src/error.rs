@@ -21,6 +21,11 @@ pub mod code {
     pub const IPAM_EXEC: u32 = 105;
     pub const STATE_DIR: u32 = 106;
     pub const CHECK_FAILED: u32 = 107;
+    /// Handover: the previous plugin's container interface cannot be handed
+    /// over (not in the container, no IPv4, a loopback).
+    pub const NOT_HANDOVER_READY: u32 = 108;
+    /// Handover: the interface is handed over already (a record exists).
+    pub const ALREADY_HANDED_OVER: u32 = 109;
 }
 
 /// An error as the CNI spec prints it.

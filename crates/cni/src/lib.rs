@@ -2,6 +2,7 @@
 //! delegation and the commands. The `macvtap` binary is a thin wrapper
 //! around [`run`].
 
+pub mod chain;
 pub mod config;
 pub mod error;
 pub mod ipam;

@@ -286,9 +286,15 @@ pub enum Deliver {
 /// stays in the foreground as the DHCP server until Ctrl-C/SIGTERM, which stops
 /// the server and leaves the handover applied (the lease is infinite).
 ///
+/// A handover the chained CNI plugin made ("handover": true) is adopted
+/// instead: steps 1 and 2 are its ADD's, macvtapctl delivers and starts QEMU
+/// from its record, and when QEMU exits leaves it applied: the runtime's CNI
+/// DEL undoes it (--undo refuses it). --adopt refuses to apply a handover of
+/// its own when there is no such record.
+///
 /// --json prints one JSON object per line on stdout: `{"event":"applied",...}`
 /// when the handover is done (and QEMU started), `{"event":"undone",...}` at
-/// the end.
+/// the end (`{"event":"stopped","outcome":"LeftToCni",...}` when adopted).
 ///
 /// Examples:
 ///   macvtapctl handover --pid 4242 -- -m 512 -nographic -drive file=vm.qcow2,if=virtio
@@ -297,6 +303,7 @@ pub enum Deliver {
 ///   macvtapctl handover --pid 4242 --deliver nocloud --mac 02:00:00:00:00:05 -- -m 1G -drive file=cloud.qcow2,if=virtio
 ///   macvtapctl handover --pid 4242 --deliver nocloud --libvirt > pieces.xml
 ///   macvtapctl handover --undo --pid 4242          # after a SIGKILL, or to end a --libvirt handover
+///   macvtapctl --netns /run/netns/cni-1234 handover --adopt -- -m 512 -drive file=vm.qcow2,if=virtio
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct HandoverArgs {
@@ -342,6 +349,12 @@ pub struct HandoverArgs {
     /// Undo a handover from its record (a killed supervisor, a --libvirt handover).
     #[arg(long)]
     pub undo: bool,
+    /// Run on the handover the chained CNI plugin made (`"handover": true`),
+    /// and refuse to apply one of its own. Without it that handover is
+    /// adopted anyway when its record exists. An adopted handover stays
+    /// applied when QEMU exits: the runtime's CNI DEL undoes it.
+    #[arg(long, conflicts_with = "undo")]
+    pub adopt: bool,
     /// Arguments for QEMU, after `--`.
     #[arg(last = true, value_name = "QEMU_ARGS")]
     pub qemu_args: Vec<String>,

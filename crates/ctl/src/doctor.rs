@@ -252,6 +252,33 @@ fn check_handovers(f: &mut Findings, state_dir: &str) {
             continue;
         }
         let running = r.supervisor.as_ref().is_some_and(|(_, held)| *held);
+        if let Some(owner) = &r.cni {
+            // The chained CNI plugin's: its DEL undoes it; a launcher only uses it.
+            let del = crate::handover::cni_undo_hint(owner);
+            match r.phase {
+                macvtap_handover::Phase::Intent => f.add(
+                    &subject,
+                    "handover",
+                    Status::Problem,
+                    format!("the CNI plugin's handover of {} in {netns} half done: its ADD stopped before it finished", r.interface),
+                    Some("the container may have lost its address and routes; the record has them".into()),
+                    Some(del),
+                ),
+                macvtap_handover::Phase::Applied => f.ok(
+                    &subject,
+                    "handover",
+                    format!(
+                        "{} in {netns} is handed over by the CNI plugin ({}); {del} undoes it",
+                        r.interface,
+                        match r.supervisor.as_ref() {
+                            Some((info, true)) => format!("a launcher, pid {}, runs", info.pid),
+                            _ => "no launcher runs".to_string(),
+                        }
+                    ),
+                ),
+            }
+            continue;
+        }
         let supervised = r
             .supervisor
             .as_ref()

@@ -23,8 +23,8 @@ use macvtap_handover::cmdline::{append_ip_argument, ip_argument, KernelIpOptions
 use macvtap_handover::dhcp::{DhcpConfig, DhcpServer};
 use macvtap_handover::nocloud::{seed, SeedOptions};
 use macvtap_handover::{
-    apply, record_key, summary, undo, ApplyOptions, Phase, Record, RecordKey, ResolvConf, Store,
-    Target, UndoOutcome,
+    apply, record_key, summary, undo, ApplyOptions, CniOwner, Phase, Record, RecordKey, ResolvConf,
+    Store, Target, UndoOutcome,
 };
 use macvtap_net::NetNs;
 use serde::{Deserialize, Serialize};
@@ -259,29 +259,51 @@ pub fn run(
     block_signals();
     let store = Store::open(&args.state_dir)?;
     let ns = target.open()?;
-    let mut opts = ApplyOptions::new(args.interface.clone());
-    opts.mac = args.mac;
-    opts.resolv_conf = resolv_conf(args, &target);
-    let applied = apply(&store, &ns, &opts)?;
-    let record = applied.record.clone();
-    let undo_command = format!(
-        "macvtapctl handover --undo {which} --interface {} --state-dir {}",
-        args.interface, args.state_dir
-    );
+    let key = record_key(&ns, &args.interface)?;
+    let (record, took, adopted) = match store.load(&key)? {
+        Some(record) if record.cni.is_some() => (adoptable(&store, record, args)?, Duration::ZERO, true),
+        _ if args.adopt => {
+            return Err(HandoverError::Usage(format!(
+                "--adopt: no handover made by the CNI plugin for {} in this namespace (no record {}); nothing changed",
+                args.interface,
+                store.record_path(&key).display()
+            )))
+        }
+        _ => {
+            let mut opts = ApplyOptions::new(args.interface.clone());
+            opts.mac = args.mac;
+            opts.resolv_conf = resolv_conf(args, &target);
+            let applied = apply(&store, &ns, &opts)?;
+            (applied.record, applied.took, false)
+        }
+    };
+    let undo_command = match &record.cni {
+        Some(owner) => cni_undo_hint(owner),
+        None => format!(
+            "macvtapctl handover --undo {which} --interface {} --state-dir {}",
+            args.interface, args.state_dir
+        ),
+    };
     let session = Session {
         store: &store,
         ns: &ns,
         record: &record,
         args,
         json_mode,
+        adopted,
     };
     let result = if args.libvirt {
-        session.libvirt(applied.took, &undo_command)
+        session.libvirt(took, &undo_command)
     } else {
-        session.supervise(applied.took, &undo_command)
+        session.supervise(took, &undo_command)
     };
     match result {
         Ok(code) => Ok(code),
+        Err(error) if adopted => {
+            // Not ours to undo: only what this run made goes.
+            session.forget_run();
+            Err(error)
+        }
         Err(error) if args.libvirt => {
             // Nothing of ours runs any more: undo at once.
             match session.undo_all() {
@@ -296,6 +318,41 @@ pub fn run(
         }
         Err(error) => Err(error),
     }
+}
+
+/// Who undoes a CNI-made handover.
+pub(crate) fn cni_undo_hint(owner: &CniOwner) -> String {
+    format!(
+        "the runtime's CNI DEL of network {:?}, container {} ({}), e.g. `podman rm` or `podman network disconnect`",
+        owner.network, owner.container_id, owner.ifname
+    )
+}
+
+/// A handover the chained CNI plugin made, checked for a launcher: apply
+/// finished, no other launcher serves it, and the MAC asked for is its own.
+fn adoptable(store: &Store, record: Record, args: &HandoverArgs) -> Result<Record, HandoverError> {
+    let path = store.record_path(&record.key);
+    if record.phase != Phase::Applied {
+        return Err(HandoverError::Usage(format!(
+            "the CNI plugin's handover of {} never finished (record {} says intent); its CNI DEL undoes it; nothing changed",
+            args.interface,
+            path.display()
+        )));
+    }
+    if let Some(mac) = args.mac.filter(|m| *m != record.made.mac) {
+        return Err(HandoverError::Usage(format!(
+            "--mac {mac}: the CNI plugin's handover gave the guest {} (record {}); give that MAC or none; nothing changed",
+            record.made.mac,
+            path.display()
+        )));
+    }
+    if let Some((info, true)) = read_supervisor(&supervisor_path(store, &record.key)) {
+        return Err(HandoverError::Usage(format!(
+            "a launcher (pid {}) already serves this handover; nothing changed",
+            info.pid
+        )));
+    }
+    Ok(record)
 }
 
 fn append_value(args: &[String]) -> Option<&str> {
@@ -334,6 +391,8 @@ struct Session<'a> {
     record: &'a Record,
     args: &'a HandoverArgs,
     json_mode: bool,
+    /// The chained CNI plugin made this handover: its DEL undoes it.
+    adopted: bool,
 }
 
 impl Session<'_> {
@@ -362,13 +421,24 @@ impl Session<'_> {
         Ok(DhcpServer::start(self.ns, self.record, cfg)?)
     }
 
-    /// Undo from the record; remove the default seed and the supervisor file.
-    fn undo_all(&self) -> Result<(UndoOutcome, Duration), macvtap_handover::Error> {
+    /// Undo from the record (not an adopted one: `None`); remove the
+    /// default seed and the supervisor file.
+    fn undo_all(&self) -> Result<(Option<UndoOutcome>, Duration), macvtap_handover::Error> {
         let t = Instant::now();
-        let outcome = undo(self.store, self.ns, &self.record.identity.interface)?;
+        let outcome = if self.adopted {
+            None
+        } else {
+            Some(undo(self.store, self.ns, &self.record.identity.interface)?)
+        };
+        self.forget_run();
+        Ok((outcome, t.elapsed()))
+    }
+
+    /// Remove what this run made next to the record: the default seed and
+    /// the supervisor file.
+    fn forget_run(&self) {
         remove_quietly(&default_seed_path(self.store, &self.record.key));
         remove_quietly(&supervisor_path(self.store, &self.record.key));
-        Ok((outcome, t.elapsed()))
     }
 
     fn applied_event(&self, took: Duration) -> serde_json::Value {
@@ -384,6 +454,8 @@ impl Session<'_> {
             "deliver": format!("{:?}", self.args.deliver).to_lowercase(),
             "record": self.store.record_path(&r.key),
             "applyMs": ms(took),
+            "adopted": self.adopted,
+            "cni": r.cni,
         })
     }
 
@@ -406,6 +478,10 @@ impl Session<'_> {
         });
         let (lock, (mut child, server, start)) = match started {
             Ok(s) => s,
+            Err(error) if self.adopted => {
+                self.forget_run();
+                return Err(error);
+            }
             Err(error) => {
                 return match self.undo_all() {
                     Ok(_) => Err(HandoverError::UndoneAfter {
@@ -439,6 +515,26 @@ impl Session<'_> {
         let dhcp = match stats {
             Some(Ok(s)) => json!({"offers": s.offers, "acks": s.acks, "naks": s.naks}),
             _ => serde_json::Value::Null,
+        };
+        let Some(outcome) = outcome else {
+            emit(
+                self.json_mode,
+                json!({
+                    "event": "stopped",
+                    "outcome": "LeftToCni",
+                    "qemuStatus": code,
+                    "signal": signal,
+                    "ranMs": ms(ran),
+                    "dhcp": dhcp,
+                }),
+                format!(
+                    "QEMU ended (status {code}{}); the handover stays applied: {undo_command} undoes it",
+                    signal
+                        .map(|s| format!(", after signal {s} was forwarded"))
+                        .unwrap_or_default(),
+                ),
+            );
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         };
         emit(
             self.json_mode,
@@ -530,17 +626,23 @@ impl Session<'_> {
             self.json_mode,
             event,
             format!(
-                "handed {} over ({}) to macvtap {} with MAC {} in {:.1} ms; QEMU is pid {} ({}); Ctrl-C stops it and undoes the handover",
+                "{} {} over ({}) to macvtap {} with MAC {}{}; QEMU is pid {} ({}); Ctrl-C stops it{}",
+                if self.adopted { "the CNI plugin handed" } else { "handed" },
                 self.record.identity.interface,
                 summary(&self.record.identity),
                 self.record.made.macvtap,
                 self.record.made.mac,
-                ms(took),
+                if self.adopted { String::new() } else { format!(" in {:.1} ms", ms(took)) },
                 child.id(),
                 match args.deliver {
                     Deliver::Dhcp => "DHCP server running".to_string(),
                     Deliver::Nocloud => format!("NoCloud seed {}", self.seed_path().display()),
                     Deliver::Cmdline => "ip= added to -append".to_string(),
+                },
+                if self.adopted {
+                    " (the handover stays: the CNI DEL undoes it)"
+                } else {
+                    " and undoes the handover"
                 }
             ),
         );
@@ -674,6 +776,12 @@ fn run_undo(
     let store = Store::open(&args.state_dir)?;
     let ns = target.open()?;
     let key = record_key(&ns, &args.interface)?;
+    if let Some(owner) = store.load(&key)?.and_then(|r| r.cni) {
+        return Err(HandoverError::Usage(format!(
+            "this handover was made by the CNI plugin: {} undoes it, not --undo; nothing changed",
+            cni_undo_hint(&owner)
+        )));
+    }
     if let Some((info, true)) = read_supervisor(&supervisor_path(&store, &key)) {
         if info.supervised {
             return Err(HandoverError::Usage(format!(
@@ -722,6 +830,8 @@ pub struct HalfDone {
     pub supervisor: Option<(SupervisorInfo, bool)>,
     /// Whether the record's namespace still exists (the same one).
     pub netns_alive: bool,
+    /// The CNI attachment that made it (the chained plugin), if any.
+    pub cni: Option<CniOwner>,
 }
 
 /// Every record under `state_dir` and its supervisor's state. Does not
@@ -744,6 +854,7 @@ pub fn records(state_dir: &str) -> Result<Vec<HalfDone>, macvtap_handover::Error
             phase: r.phase,
             supervisor: read_supervisor(&supervisor_path(&store, &r.key)),
             netns_alive,
+            cni: r.cni,
         });
     }
     Ok(out)

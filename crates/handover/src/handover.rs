@@ -11,7 +11,7 @@ use macvtap_net::{
 
 use crate::error::{Error, Result};
 use crate::identity::{self, Dns, Identity};
-use crate::store::{Made, Phase, Record, RecordKey, Store};
+use crate::store::{CniOwner, Made, Phase, Record, RecordKey, Store};
 
 /// Which container: a namespace path (`/run/netns/X`, `/proc/PID/ns/net`),
 /// a named namespace, or a process.
@@ -61,6 +61,8 @@ pub enum ResolvConf {
     /// `path` resolved inside `root` (e.g. `/proc/<pid>/root`), as the
     /// container sees it: its symlinks cannot lead out of its root.
     InRoot { root: PathBuf, path: PathBuf },
+    /// Settings the caller already has (a CNI `prevResult`'s `dns`).
+    Given(Dns),
 }
 
 /// Steps of apply, for the test hook [`ApplyOptions::stop_after`].
@@ -100,6 +102,8 @@ pub struct ApplyOptions {
     /// killed there (no rollback, the record stays), returning
     /// [`Error::StoppedByHook`].
     pub stop_after: Option<ApplyStep>,
+    /// The CNI attachment making this handover (recorded; its DEL undoes).
+    pub cni: Option<CniOwner>,
 }
 
 impl ApplyOptions {
@@ -112,6 +116,7 @@ impl ApplyOptions {
             mode: MacvtapMode::Bridge,
             macvtap_name: None,
             stop_after: None,
+            cni: None,
         }
     }
 }
@@ -199,6 +204,7 @@ fn read_dns(source: &ResolvConf) -> Result<Dns> {
         ResolvConf::None => Ok(Dns::default()),
         ResolvConf::Path(path) => identity::read_resolv_conf(path, None),
         ResolvConf::InRoot { root, path } => identity::read_resolv_conf(path, Some(root)),
+        ResolvConf::Given(dns) => Ok(dns.clone()),
     }
 }
 
@@ -308,6 +314,7 @@ fn apply_locked(
             shim,
             shim_mac: generate_mac(),
         },
+        cni: opts.cni.clone(),
     };
     store.save(&record)?;
     let stop = |step| opts.stop_after == Some(step);

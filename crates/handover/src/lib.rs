@@ -33,4 +33,4 @@ pub use handover::{
 pub use identity::{
     netmask, network, parse_resolv_conf, read_resolv_conf, Address, Dns, Identity, Route,
 };
-pub use store::{Made, Phase, Record, RecordKey, Store};
+pub use store::{CniOwner, Made, Phase, Record, RecordKey, Store};

@@ -86,6 +86,20 @@ pub struct Made {
     pub shim_mac: MacAddr,
 }
 
+/// The CNI attachment that made a handover (the chained `macvtap` plugin
+/// with `"handover": true`): its DEL undoes the handover; a launcher
+/// (`macvtapctl handover`) only uses it and leaves it applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniOwner {
+    /// The network configuration's `name`.
+    pub network: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+}
+
 /// A handover record: the identity taken from the interface and what was
 /// made instead. Undo needs nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +112,9 @@ pub struct Record {
     pub phase: Phase,
     pub identity: Identity,
     pub made: Made,
+    /// Set when a CNI plugin made the handover (and so owns its undo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniOwner>,
 }
 
 /// The handover records of one state directory.
@@ -342,6 +359,21 @@ impl Store {
             Err(e) => return Err(err("remove")(e)),
         }
         nix::unistd::fsync(self.fd()).map_err(err("fsync directory of"))
+    }
+
+    /// Remove `<record stem>.<suffix>` next to the record of `key` (a
+    /// front end's companion file, e.g. `supervisor` or `seed.img`); the
+    /// name comes from the key, never from a file. Missing is fine.
+    pub fn remove_beside(&self, key: &RecordKey, suffix: &str) -> Result<()> {
+        let name = format!("{}.{suffix}", key.file_name().trim_end_matches(".json"));
+        match nix::unistd::unlinkat(self.fd(), name.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Error::Record {
+                op: "remove",
+                path: self.path.join(name),
+                source: e.into(),
+            }),
+        }
     }
 
     /// Every readable record (for `doctor` and for listing handovers).

@@ -38,6 +38,10 @@ impl Target {
                 ifindex: None,
                 device: None,
             }),
+            Source::Handover { .. } => Err(err(
+                code::INVALID_CONFIG,
+                "a handover is not a macvtap of its own: it is attached by the handover path",
+            )),
             Source::Device(id) => {
                 let dev = super::resolve_device(state, id)?;
                 Ok(Target {

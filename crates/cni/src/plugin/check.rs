@@ -42,6 +42,7 @@ pub(super) fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     let mode = match &cfg.source {
         Source::Lower { mode, .. } => *mode,
         Source::Device(id) => super::resolve_device(&state, id)?.resource.mode,
+        Source::Handover { mode, .. } => *mode,
     };
     if link.macvtap_mode != Some(mode) {
         return Err(differs(format!(
@@ -122,7 +123,7 @@ pub(super) fn check(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn check_node(
+pub(super) fn check_node(
     pod: &Pod,
     ifname: &str,
     link: &Link,
@@ -184,7 +185,9 @@ pub(super) fn status(cfg: &Config, env: &Env) -> Result<()> {
             node.resolve(state.root(), id)
                 .map_err(|e| unavailable(error_chain(&e)))?;
         }
-        Source::Lower { .. } => {}
+        // A handover needs the previous plugin's interface, which only
+        // ADD's prevResult names: nothing to look at before it.
+        Source::Lower { .. } | Source::Handover { .. } => {}
     }
     if let Some(i) = &cfg.ipam {
         Ipam::new(&i.plugin, &env.path, &[])

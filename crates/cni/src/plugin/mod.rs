@@ -3,6 +3,7 @@
 
 mod add;
 mod check;
+mod handover;
 mod teardown;
 #[cfg(test)]
 mod tests;
@@ -10,7 +11,7 @@ mod tests;
 use macvtap_state::{AttachmentRecord, NodePolicy, PodRef, ResolvedDevice, StateDir};
 use serde_json::{json, Value};
 
-use crate::config::{peek_version, Config};
+use crate::config::{peek_version, Config, Source};
 use crate::error::{code, err, CniError, Result};
 use crate::ipam::Ipam;
 use crate::spec::{Command, Env, Version, SUPPORTED_VERSIONS};
@@ -89,6 +90,16 @@ fn dispatch(env: &Env, stdin: &[u8], version: &mut String) -> Result<Option<Valu
         }
         other => other?,
     };
+    if let Source::Handover { interface, mode } = &cfg.source {
+        return match command {
+            Command::Add => handover::add(&cfg, env, interface.as_deref(), *mode).map(Some),
+            Command::Del => handover::del(&cfg, env).map(|()| None),
+            Command::Check => handover::check(&cfg, env).map(|()| None),
+            Command::Status => status(&cfg, env).map(|()| None),
+            Command::Gc => gc(&cfg, env, stdin).map(|()| None),
+            Command::Version => unreachable!("answered above"),
+        };
+    }
     match command {
         Command::Add => add(&cfg, env, stdin).map(Some),
         Command::Del => del(&cfg, env, stdin).map(|()| None),

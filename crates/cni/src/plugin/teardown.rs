@@ -145,5 +145,8 @@ pub(super) fn gc(cfg: &Config, env: &Env, stdin: &[u8]) -> Result<()> {
         }
         errors.extend(failed);
     }
+    // Handovers this network made (chained `"handover": true`) are
+    // recorded by the handover core, not under pods/.
+    errors.extend(super::handover::gc(&state, cfg, &valid));
     combine(errors)
 }
