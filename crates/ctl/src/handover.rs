@@ -513,7 +513,13 @@ impl Session<'_> {
             }
         };
         let dhcp = match stats {
-            Some(Ok(s)) => json!({"offers": s.offers, "acks": s.acks, "naks": s.naks}),
+            Some(Ok(s)) => json!({
+                "offers": s.offers,
+                "acks": s.acks,
+                "naks": s.naks,
+                // QEMU start to the guest's lease.
+                "firstAckMs": s.first_ack.map(|t| ms(t.saturating_duration_since(start))),
+            }),
             _ => serde_json::Value::Null,
         };
         let Some(outcome) = outcome else {

@@ -460,6 +460,7 @@ fn dhcp_the_guest_gets_its_lease_through_the_tap_while_the_supervisor_runs() {
     std::fs::write(c.path("close-tap"), "").unwrap();
     let mut sup = c.supervise(
         &[
+            "--json",
             "--deliver",
             "dhcp",
             "--mac",
@@ -528,6 +529,15 @@ fn dhcp_the_guest_gets_its_lease_through_the_tap_while_the_supervisor_runs() {
     assert_eq!(wait_exit(&mut sup, Duration::from_secs(10)), Some(0));
     assert_eq!(c.snapshot(), before, "{:?}", c.supervisor_output());
     assert!(c.state_files().is_empty());
+    // The last event reports the lease: one ACK, after QEMU started and
+    // before it ended.
+    let (out, _) = c.supervisor_output();
+    let undone: Value = serde_json::from_str(out.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(undone["event"], "undone", "{out}");
+    assert_eq!(undone["dhcp"]["acks"], 1, "{out}");
+    let first_ack = undone["dhcp"]["firstAckMs"].as_f64().expect("firstAckMs");
+    let ran = undone["ranMs"].as_f64().expect("ranMs");
+    assert!(first_ack > 0.0 && first_ack < ran, "{out}");
 }
 
 fn child<'a, 'i>(node: roxmltree::Node<'a, 'i>, tag: &str) -> roxmltree::Node<'a, 'i> {
