@@ -2,6 +2,7 @@
 //! The binary `macvtap-deviceplugin` parses its flags and calls [`daemon::run`].
 
 pub mod allocate;
+pub mod authority;
 pub mod config;
 pub mod daemon;
 pub mod grants;
