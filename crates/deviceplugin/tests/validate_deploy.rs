@@ -52,6 +52,13 @@ spec:
       networks: [{name: dataplane, multus: {networkName: dataplane}}]
 ";
 
+/// The VM with Fedora's containerdisk and cloud-init.
+fn fedora_vm() -> String {
+    format!(
+        "{VM}      volumes:\n        - {{name: root, containerDisk: {{image: quay.io/containerdisks/fedora:latest}}}}\n        - {{name: ci, cloudInitNoCloud: {{userData: x}}}}\n"
+    )
+}
+
 #[test]
 fn broken_objects_are_refused_with_the_reason() {
     let dir = TempDir::new("validate-deploy");
@@ -80,6 +87,16 @@ fn broken_objects_are_refused_with_the_reason() {
             "vm-no-macvtap",
             VM.replace("name: macvtap", "name: passt"),
             "no interface with the macvtap binding",
+        ),
+        (
+            "fedora-256Mi",
+            fedora_vm().replace("memory: 2Gi", "memory: 256Mi"),
+            "Fedora's containerdisk needs 2Gi of memory, requests 256Mi",
+        ),
+        (
+            "fedora-no-cloud-init",
+            fedora_vm().replace("        - {name: ci, cloudInitNoCloud: {userData: x}}\n", ""),
+            "no cloud-init: nobody can log in",
         ),
         (
             "kubevirt-bad-binding",
@@ -145,6 +162,10 @@ fn the_shipped_objects_pass() {
     .iter()
     .map(|f| repo().join(f))
     .collect();
+    let fedora = TempDir::new("validate-deploy-ok");
+    let mut files = files;
+    files.push(fedora.path().join("fedora.yaml"));
+    std::fs::write(&files[files.len() - 1], fedora_vm()).expect("write");
     let (ok, out) = validate(&files);
     assert!(ok, "{out}");
     assert!(
