@@ -31,8 +31,11 @@ enum LogFormat {
 /// default bridge; capacity default 100; "attach": "pod" (default, the CNI creates the
 /// macvtap inside the pod) or "host" (created on the host at Allocate)).
 /// An empty array [] offers one resource per suitable uplink, following link
-/// events; DP_MACVTAP_DISCOVER_KINDS (e.g. "physical,bond,vlan,veth") says
-/// which kinds of links are suitable (default physical,bond,team,vlan).
+/// events: by default upstream's set, every physical device and bond, enslaved
+/// or not. DP_MACVTAP_DISCOVER_KINDS (e.g. "physical,bond,team,vlan") says
+/// which kinds of links are suitable (physical, bond, team, vlan, bridge,
+/// vxlan, veth, macvlan); DP_MACVTAP_DISCOVER_SKIP_ENSLAVED=true leaves out
+/// links enslaved to a bond, bridge or team.
 ///
 /// Upstream's glog flags are accepted too, as its manifests pass them:
 /// -v N (0-3 info, 4-5 debug, 6+ trace; RUST_LOG wins), -logtostderr,
@@ -195,9 +198,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::parse(
+    let config = match Config::parse_all(
         std::env::var("DP_MACVTAP_CONF").ok().as_deref(),
         std::env::var("DP_MACVTAP_DISCOVER_KINDS").ok().as_deref(),
+        std::env::var("DP_MACVTAP_DISCOVER_SKIP_ENSLAVED")
+            .ok()
+            .as_deref(),
     ) {
         Ok(config) => config,
         Err(e) => {
@@ -222,10 +228,7 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            Config::Discover(kinds) => {
-                let kinds: Vec<String> = kinds.iter().map(ToString::to_string).collect();
-                println!("discovery of {} links", kinds.join(", "));
-            }
+            Config::Discover(discovery) => println!("{discovery}"),
         }
         return ExitCode::SUCCESS;
     }
