@@ -12,8 +12,8 @@
 //!
 //! So, with [`HostMounts::Auto`] (the default): when PID 1 lives in another
 //! mount namespace (a container with `hostPID`) and the state directory is
-//! not the host's (not the same directory as `/proc/1/root/<state dir>`:
-//! no hostPath mount of it), the daemon joins PID 1's mount namespace at start, and
+//! not mounted at all (neither the same directory as
+//! `/proc/1/root/<state dir>` nor a mount point), the daemon joins PID 1's mount namespace at start, and
 //! every default path (state directory, device-plugin directory, PodResources
 //! socket, `/dev`) is the host's, exactly as for a daemon run on the host.
 //! When the state directory is mounted it stays where it is. When it can
@@ -45,6 +45,9 @@ pub enum Layout {
     Mounted { verified: bool },
     /// Joined PID 1's mount namespace.
     Host,
+    /// With hostPID, the state directory is a mount, but not of the host's
+    /// directory of that path: a deliberate layout, kept, with a warning.
+    MountedElsewhere,
     /// Kept our own namespace though PID 1's differs (`--host-mounts never`).
     Kept,
     /// Could not join: runs unshared.
@@ -67,6 +70,9 @@ impl Layout {
             Layout::Host => format!(
                 "files: joined the host's mount namespace (PID 1's, through hostPID): the state directory is not mounted from the host (the layout of upstream's manifest and CNAO's template); state directory, device-plugin directory, PodResources socket and /dev are the host's; state directory {state_dir}"
             ),
+            Layout::MountedElsewhere => format!(
+                "files: in a container, state directory {state_dir} is a mount point but not the host's {state_dir}: kept; the CNI plugin on the host and the kubelet (Allocate's device paths) must see it at that same path"
+            ),
             Layout::Kept => format!(
                 "files: in a container, its own mount namespace (--host-mounts never); state directory {state_dir} is shared with the CNI plugin on the host only if mounted"
             ),
@@ -78,7 +84,7 @@ impl Layout {
 
     /// Whether the CNI plugin on the host can share the state directory.
     pub fn shared(&self) -> bool {
-        !matches!(self, Layout::Unshared { .. })
+        !matches!(self, Layout::Unshared { .. } | Layout::MountedElsewhere)
     }
 }
 
@@ -164,6 +170,10 @@ pub fn enter(mode: HostMounts, state_dir: &str) -> Result<Layout, HostNsError> {
             });
         }
     };
+    let mounted = || {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        is_mount_point(&mountinfo, state_dir)
+    };
     if !differs {
         // PID 1 is ours: the host's, or (a PID namespace of our own: no
         // hostPID) this container's init, when only a mount can share.
@@ -173,8 +183,7 @@ pub fn enter(mode: HostMounts, state_dir: &str) -> Result<Layout, HostNsError> {
         if initial {
             return Ok(Layout::SameAsPid1);
         }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if is_mount_point(&mountinfo, state_dir) {
+        if mounted() {
             return Ok(Layout::Mounted { verified: false });
         }
         return Ok(Layout::Unshared {
@@ -183,6 +192,9 @@ pub fn enter(mode: HostMounts, state_dir: &str) -> Result<Layout, HostNsError> {
     }
     if same_as_pid1s(state_dir) {
         return Ok(Layout::Mounted { verified: true });
+    }
+    if mounted() {
+        return Ok(Layout::MountedElsewhere);
     }
     if mode == HostMounts::Never {
         return Ok(Layout::Kept);

@@ -73,8 +73,8 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     install_node_policy: Option<PathBuf>,
     /// Join the host's (PID 1's) mount namespace at start: auto does when
-    /// PID 1 is in another one (a container with hostPID) and --state-dir is
-    /// not the host's own directory (upstream's manifest and CNAO's template
+    /// PID 1 is in another one (a container with hostPID) and nothing is
+    /// mounted at --state-dir (upstream's manifest and CNAO's template
     /// mount only the device-plugin directory); then state directory,
     /// PodResources socket and /dev are the host's, shared with the CNI plugin.
     #[arg(long, value_enum, default_value = "auto")]
