@@ -8,7 +8,7 @@
 //! parsed, in Go's spellings (`-flag` or `--flag`, `-flag=value` or
 //! `-flag value`; a boolean only as `-flag` or `-flag=bool`):
 //!
-//! - `-v N`: glog's verbosity. Upstream logs its normal messages at `V(3)`
+//! - `-v N`: glog's verbosity (a 32-bit signed integer, as Go parses it). Upstream logs its normal messages at `V(3)`
 //!   and below, which our `info` level already covers; so 0–3 → info,
 //!   4–5 → debug, 6 and more → trace. `RUST_LOG` wins when it is set.
 //! - `-logtostderr`, `-alsologtostderr`: logs always go to stderr here;
@@ -45,7 +45,7 @@ pub struct Split {
     /// Every argument that is not a glog flag, in order (the program name first).
     pub rest: Vec<OsString>,
     /// `-v`, when given.
-    pub verbosity: Option<u32>,
+    pub verbosity: Option<i32>,
     /// The glog flags accepted without effect, as given (for the log).
     pub ignored: Vec<String>,
 }
@@ -140,9 +140,9 @@ pub fn split(args: impl IntoIterator<Item = OsString>) -> Result<Split, GlogErro
 }
 
 /// The tracing level for glog's verbosity.
-pub fn level(verbosity: u32) -> LevelFilter {
+pub fn level(verbosity: i32) -> LevelFilter {
     match verbosity {
-        0..=3 => LevelFilter::INFO,
+        ..=3 => LevelFilter::INFO,
         4..=5 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
     }
@@ -226,7 +226,11 @@ mod tests {
         let e = run(&["-v", "loud"]).unwrap_err();
         assert_eq!(e.to_string(), "invalid value \"loud\" for flag -v");
         assert!(std::error::Error::source(&e).is_some());
-        let e = run(&["-v=-1"]).unwrap_err();
+        let e = run(&["-v=1.5"]).unwrap_err();
+        assert!(matches!(e, GlogError::Verbosity { .. }), "{e}");
+        // Go parses a Level as a 32-bit signed integer.
+        assert_eq!(run(&["-v=-1"]).unwrap().verbosity, Some(-1));
+        let e = run(&["-v=3000000000"]).unwrap_err();
         assert!(matches!(e, GlogError::Verbosity { .. }), "{e}");
         let e = run(&["-logtostderr=yes"]).unwrap_err();
         assert_eq!(
@@ -239,6 +243,7 @@ mod tests {
 
     #[test]
     fn verbosity_levels() {
+        assert_eq!(level(-1), LevelFilter::INFO);
         assert_eq!(level(0), LevelFilter::INFO);
         assert_eq!(level(3), LevelFilter::INFO);
         assert_eq!(level(4), LevelFilter::DEBUG);

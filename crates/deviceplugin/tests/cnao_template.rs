@@ -295,6 +295,20 @@ async fn cnaos_template_unchanged_registers_allocates_and_attaches() {
 
     // The CNI plugin on the host, as Multus calls it: its default state
     // directory is the host's /var/lib/macvtap, where the daemon wrote.
+    // (Built first when this test runs alone: a no-op when it is fresh.)
+    let cni = cni_binary();
+    let profile_dir = cni.parent().expect("profile dir").to_path_buf();
+    if let Err(e) = macvtap_testkit::cargo_build_bins(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+        &profile_dir,
+        &[("macvtap-cni", "macvtap")],
+    ) {
+        assert!(
+            cni.exists(),
+            "the CNI plugin {} is missing: {e}",
+            cni.display()
+        );
+    }
     let add = json!({
         "cniVersion": "1.0.0",
         "name": "dataplane",
@@ -307,7 +321,7 @@ async fn cnaos_template_unchanged_registers_allocates_and_attaches() {
             .args(["--mount", "--pid"])
             .arg(format!("--net={}", world.lab.node.path().display()))
             .arg("--")
-            .arg(cni_binary())
+            .arg(&cni)
             .env_clear()
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &world.lab.container_id)
