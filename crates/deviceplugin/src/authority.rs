@@ -43,6 +43,9 @@ const CLIENT_TABLE_SIZE: usize = 4096;
 /// A header block larger than this ends the connection (h2's own limit on
 /// a decoded header list is 16 KiB by default; this bounds our buffer).
 const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// The largest decoded header list (RFC 7541's size: name, value and 32
+/// per field) a block may carry; h2 refuses far less by default.
+const MAX_DECODED: usize = 256 * 1024;
 /// What an unparsable authority becomes.
 const REPLACEMENT: &[u8] = b"localhost";
 
@@ -212,21 +215,30 @@ impl<S> AuthorityTolerant<S> {
     /// Decode a complete header block with the client's HPACK state and
     /// encode it again as literals, with a tolerable `:authority`.
     fn rewrite(&mut self, block: &[u8]) -> io::Result<Vec<u8>> {
-        let headers = self
-            .decoder
-            .decode(block)
-            .map_err(|e| invalid(&format!("HPACK: {e}")))?;
         let mut out = Vec::with_capacity(block.len() + 64);
         let mut replaced = false;
-        for (name, value) in &headers {
-            let value: &[u8] =
-                if name == b":authority" && http::uri::Authority::try_from(&value[..]).is_err() {
+        let mut decoded = 0usize;
+        // Indexed fields can make a small block decode to a huge list (an
+        // "HPACK bomb"): stop writing past the bound, refuse after.
+        self.decoder
+            .decode_with_cb(block, |name, value| {
+                decoded += name.len() + value.len() + 32;
+                if decoded > MAX_DECODED {
+                    return;
+                }
+                let value: &[u8] = if &name[..] == b":authority"
+                    && http::uri::Authority::try_from(&value[..]).is_err()
+                {
                     replaced = true;
                     REPLACEMENT
                 } else {
-                    value
+                    &value
                 };
-            literal(&mut out, name, value);
+                literal(&mut out, &name, value);
+            })
+            .map_err(|e| invalid(&format!("HPACK: {e}")))?;
+        if decoded > MAX_DECODED {
+            return Err(invalid("header list larger than 256 KiB"));
         }
         if replaced {
             self.rewritten += 1;
@@ -502,6 +514,24 @@ mod tests {
             decode_headers(&out),
             vec![(b":authority".to_vec(), b"localhost:1234".to_vec())]
         );
+    }
+
+    #[test]
+    fn an_hpack_bomb_is_refused_without_decoding_it_all() {
+        // One 4000-byte header into the dynamic table, then 100 000
+        // one-byte references to it: 400 MB decoded from 100 KB.
+        // Literal with incremental indexing, new name "x", a 4000-byte value.
+        let mut block = vec![0x40, 0x01, b'x'];
+        let _ = loona_hpack::encoder::encode_integer_into(4000, 7, 0, &mut block);
+        block.extend(std::iter::repeat_n(b'v', 4000));
+        block.extend(std::iter::repeat_n(0xbe, 100_000)); // index 62: the newest entry
+        let mut input = PREFACE.to_vec();
+        let mut head = (block.len() as u32).to_be_bytes()[1..].to_vec();
+        head.extend([HEADERS, END_HEADERS, 0, 0, 0, 1]);
+        input.extend(head);
+        input.extend(&block);
+        let err = through(&input, input.len()).expect_err("a bomb");
+        assert!(err.to_string().contains("larger than 256 KiB"), "{err}");
     }
 
     #[test]
