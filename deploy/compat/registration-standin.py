@@ -1,6 +1,6 @@
 """A kubelet's Registration service on a unix socket, with grpcio (raw
 protobuf bytes, no generated code): prints each RegisterRequest's endpoint
-and resource name, answers Empty. For deploy/compat/prove-cnao.
+and resource name, answers Empty. For deploy/compat/prove-dropin.
 
 Usage: registration-standin.py SOCKET SECONDS
 """
