@@ -1,4 +1,5 @@
-//! `DP_MACVTAP_CONF` and `DP_MACVTAP_DISCOVER_KINDS`, validated at start.
+//! `DP_MACVTAP_CONF`, `DP_MACVTAP_DISCOVER_KINDS` and
+//! `DP_MACVTAP_DISCOVER_SKIP_ENSLAVED`, validated at start.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -33,6 +34,9 @@ pub enum ConfigError {
     /// A discovery kind is unknown.
     #[error("DP_MACVTAP_DISCOVER_KINDS: unknown kind {0:?} (want physical, bond, team, vlan, bridge, vxlan, veth or macvlan)")]
     Kind(String),
+    /// The enslaved filter is not a boolean.
+    #[error("DP_MACVTAP_DISCOVER_SKIP_ENSLAVED: {0:?} is not true or false")]
+    SkipEnslaved(String),
 }
 
 /// One resource as configured.
@@ -99,8 +103,38 @@ impl fmt::Display for LinkKind {
 pub enum Config {
     /// The configured resources.
     Static(Vec<ResourceConfig>),
-    /// `[]`: one resource per suitable link of these kinds.
-    Discover(BTreeSet<LinkKind>),
+    /// `[]`: one resource per suitable link.
+    Discover(Discovery),
+}
+
+/// Which links discovery offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// Links of these kinds.
+    pub kinds: BTreeSet<LinkKind>,
+    /// Leave out links enslaved to a bond, bridge or team.
+    pub skip_enslaved: bool,
+}
+
+impl Discovery {
+    /// Upstream's set: every physical device and bond, enslaved or not.
+    pub fn upstream() -> Discovery {
+        Discovery {
+            kinds: default_kinds(),
+            skip_enslaved: false,
+        }
+    }
+}
+
+impl fmt::Display for Discovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds: Vec<String> = self.kinds.iter().map(ToString::to_string).collect();
+        write!(f, "discovery of {} links", kinds.join(", "))?;
+        if self.skip_enslaved {
+            f.write_str(" that are not enslaved")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -153,15 +187,10 @@ fn typed_resource(i: usize, value: serde_json::Value) -> Result<RawResource, Con
     serde_json::from_value(value).map_err(|e| bad(e.to_string()))
 }
 
-/// The default discovery kinds: what an operator would put VMs on.
+/// The default discovery kinds, upstream's (kubevirt/macvtap-cni offers
+/// netlink's plain devices and bonds): the same resource names after a swap.
 pub fn default_kinds() -> BTreeSet<LinkKind> {
-    [
-        LinkKind::Physical,
-        LinkKind::Bond,
-        LinkKind::Team,
-        LinkKind::Vlan,
-    ]
-    .into()
+    [LinkKind::Physical, LinkKind::Bond].into()
 }
 
 /// Parse `DP_MACVTAP_DISCOVER_KINDS`.
@@ -200,8 +229,17 @@ fn valid_ifname(name: &str) -> bool {
 }
 
 impl Config {
-    /// Parse the two variables' values.
+    /// Parse `DP_MACVTAP_CONF` and `DP_MACVTAP_DISCOVER_KINDS`.
     pub fn parse(conf: Option<&str>, kinds: Option<&str>) -> Result<Config, ConfigError> {
+        Self::parse_all(conf, kinds, None)
+    }
+
+    /// Parse the three variables' values.
+    pub fn parse_all(
+        conf: Option<&str>,
+        kinds: Option<&str>,
+        skip_enslaved: Option<&str>,
+    ) -> Result<Config, ConfigError> {
         let conf = conf.ok_or(ConfigError::Unset)?;
         let values: Vec<serde_json::Value> =
             serde_json::from_str(conf).map_err(|e| ConfigError::Syntax {
@@ -224,7 +262,15 @@ impl Config {
                 Some(k) if !k.trim().is_empty() => parse_kinds(k)?,
                 _ => default_kinds(),
             };
-            return Ok(Config::Discover(kinds));
+            let skip_enslaved = match skip_enslaved.map(str::trim) {
+                None | Some("") | Some("false") | Some("0") => false,
+                Some("true") | Some("1") => true,
+                Some(other) => return Err(ConfigError::SkipEnslaved(other.to_string())),
+            };
+            return Ok(Config::Discover(Discovery {
+                kinds,
+                skip_enslaved,
+            }));
         }
         let mut resources: Vec<ResourceConfig> = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
@@ -324,11 +370,33 @@ mod tests {
     fn empty_array_discovers() {
         assert_eq!(
             Config::parse(Some("[]"), None).unwrap(),
-            Config::Discover(default_kinds())
+            Config::Discover(Discovery::upstream())
+        );
+        assert_eq!(
+            default_kinds(),
+            [LinkKind::Physical, LinkKind::Bond].into(),
+            "upstream's set"
         );
         assert_eq!(
             Config::parse(Some("[]"), Some("veth, bridge")).unwrap(),
-            Config::Discover([LinkKind::Veth, LinkKind::Bridge].into())
+            Config::Discover(Discovery {
+                kinds: [LinkKind::Veth, LinkKind::Bridge].into(),
+                skip_enslaved: false
+            })
+        );
+        let Config::Discover(wider) =
+            Config::parse_all(Some("[]"), Some("physical,bond,team,vlan"), Some("true")).unwrap()
+        else {
+            panic!("discovery")
+        };
+        assert_eq!(
+            wider.to_string(),
+            "discovery of physical, bond, team, vlan links that are not enslaved"
+        );
+        let e = Config::parse_all(Some("[]"), None, Some("yes")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "DP_MACVTAP_DISCOVER_SKIP_ENSLAVED: \"yes\" is not true or false"
         );
         assert!(matches!(
             Config::parse(Some("[]"), Some("ethernet")),

@@ -12,7 +12,7 @@ use macvtap_state::{Attach, NodeConfig, StateDir};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::allocate::Allocator;
-use crate::config::{valid_resource_name, Config, LinkKind, ResourceConfig, DEFAULT_CAPACITY};
+use crate::config::{valid_resource_name, Config, Discovery, ResourceConfig, DEFAULT_CAPACITY};
 use crate::kubelet::{register, watch_dir, DirEvent, Served, KUBELET_SOCKET};
 use crate::links::{watch_links, LinkTable};
 use crate::resource::{assign_bases, Counters, Resource};
@@ -101,19 +101,21 @@ struct Daemon {
     /// may refuse connections for a moment), growing to 2 s.
     retry_delay: Duration,
     shared: metrics::Shared,
-    discover: Option<BTreeSet<LinkKind>>,
+    discover: Option<Discovery>,
     /// Discovered resources whose link is gone, and since when.
     gone_since: BTreeMap<String, Instant>,
     retire_after: Duration,
 }
 
-/// Resources that discovery offers for these links.
-fn discovered(links: &LinkTable, kinds: &BTreeSet<LinkKind>) -> Vec<ResourceConfig> {
+/// Resources that discovery offers for these links. A link whose name
+/// cannot be a resource name is left out (upstream offers it, and the
+/// kubelet refuses its registration).
+fn discovered(links: &LinkTable, discovery: &Discovery) -> Vec<ResourceConfig> {
     links
         .iter()
         .filter(|l| {
-            l.kind.is_some_and(|k| kinds.contains(&k))
-                && !l.enslaved
+            l.kind.is_some_and(|k| discovery.kinds.contains(&k))
+                && !(discovery.skip_enslaved && l.enslaved)
                 && valid_resource_name(&l.name)
         })
         .map(|l| ResourceConfig {
@@ -321,7 +323,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
 
     let (wanted, discover) = match config {
         Config::Static(resources) => (resources, None),
-        Config::Discover(kinds) => (discovered(&table, &kinds), Some(kinds)),
+        Config::Discover(discovery) => (discovered(&table, &discovery), Some(discovery)),
     };
     let mut daemon = Daemon {
         allocator: Arc::new(Allocator {
@@ -420,9 +422,9 @@ async fn serve_until_signal(
                 for resource in daemon.resources.values() {
                     resource.update(&table);
                 }
-                if let Some(kinds) = daemon.discover.clone() {
+                if let Some(discovery) = daemon.discover.clone() {
                     daemon.track_gone(&table);
-                    let added = daemon.add_resources(discovered(&table, &kinds), &table)?;
+                    let added = daemon.add_resources(discovered(&table, &discovery), &table)?;
                     for resource in &added {
                         tracing::info!(resource = %resource.resource_name(), "discovered");
                         daemon.serve(resource)?;
@@ -447,5 +449,67 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LinkKind;
+    use crate::links::HostLink;
+
+    fn link(
+        index: u32,
+        name: &str,
+        info_kind: Option<&str>,
+        device: bool,
+        enslaved: bool,
+    ) -> HostLink {
+        HostLink {
+            index,
+            name: name.into(),
+            kind: LinkKind::from_info_kind(info_kind, device),
+            info_kind: info_kind.map(Into::into),
+            carrier: true,
+            enslaved,
+            lower_index: None,
+            numa_node: None,
+        }
+    }
+
+    fn names(links: &LinkTable, d: &Discovery) -> Vec<String> {
+        discovered(links, d).into_iter().map(|r| r.name).collect()
+    }
+
+    /// Upstream (pkg/util/netlink.go, isSuitableMacvtapParent): every link
+    /// netlink reports as a plain device or a bond, loopback excluded,
+    /// enslaved ones included.
+    #[test]
+    fn discovery_offers_upstreams_set_by_default() {
+        let links = LinkTable::from_links([
+            link(1, "lo", None, false, false),
+            link(2, "eth0", None, true, false),
+            link(3, "eth1", None, true, true), // enslaved to bond0
+            link(4, "bond0", Some("bond"), false, false),
+            link(5, "team0", Some("team"), false, false),
+            link(6, "eth0.100", Some("vlan"), false, false),
+            link(7, "br0", Some("bridge"), false, false),
+            link(8, "veth0", Some("veth"), false, false),
+            link(9, "vxlan0", Some("vxlan"), false, false),
+            link(10, "mvl0", Some("macvlan"), false, false),
+            link(11, "tap0", Some("tun"), false, false),
+        ]);
+        assert_eq!(
+            names(&links, &Discovery::upstream()),
+            ["eth0", "eth1", "bond0"]
+        );
+        let wider = Discovery {
+            kinds: crate::config::parse_kinds("physical,bond,team,vlan").expect("kinds"),
+            skip_enslaved: true,
+        };
+        assert_eq!(
+            names(&links, &wider),
+            ["eth0", "bond0", "team0", "eth0.100"]
+        );
     }
 }

@@ -13,9 +13,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::allocate::Allocator;
+use crate::authority::AuthorityTolerant;
 use crate::proto::deviceplugin::device_plugin_server::DevicePluginServer;
 use crate::proto::deviceplugin::registration_client::RegistrationClient;
 use crate::proto::deviceplugin::RegisterRequest;
@@ -72,7 +74,9 @@ impl Served {
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(UnixListenerStream::new(listener))
+                .serve_with_incoming(
+                    UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityTolerant::new)),
+                )
                 .await;
             if let Err(e) = served {
                 tracing::error!(

@@ -2,9 +2,12 @@
 //! The binary `macvtap-deviceplugin` parses its flags and calls [`daemon::run`].
 
 pub mod allocate;
+pub mod authority;
 pub mod config;
 pub mod daemon;
+pub mod glog;
 pub mod grants;
+pub mod hostns;
 pub mod kubelet;
 pub mod links;
 pub mod metrics;

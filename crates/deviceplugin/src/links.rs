@@ -32,6 +32,13 @@ pub struct LinkTable {
 }
 
 impl LinkTable {
+    /// A table of these links.
+    pub fn from_links(links: impl IntoIterator<Item = HostLink>) -> LinkTable {
+        LinkTable {
+            links: links.into_iter().map(|l| (l.index, l)).collect(),
+        }
+    }
+
     pub fn by_name(&self, name: &str) -> Option<&HostLink> {
         self.links.values().find(|l| l.name == name)
     }

@@ -7,6 +7,14 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use macvtap_deviceplugin::config::Config;
 use macvtap_deviceplugin::daemon::{self, Paths, Tuning};
+use macvtap_deviceplugin::hostns::{self, HostMounts};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HostMountsArg {
+    Auto,
+    Always,
+    Never,
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -23,8 +31,16 @@ enum LogFormat {
 /// default bridge; capacity default 100; "attach": "pod" (default, the CNI creates the
 /// macvtap inside the pod) or "host" (created on the host at Allocate)).
 /// An empty array [] offers one resource per suitable uplink, following link
-/// events; DP_MACVTAP_DISCOVER_KINDS (e.g. "physical,bond,vlan,veth") says
-/// which kinds of links are suitable (default physical,bond,team,vlan).
+/// events: by default upstream's set, every physical device and bond, enslaved
+/// or not. DP_MACVTAP_DISCOVER_KINDS (e.g. "physical,bond,team,vlan") says
+/// which kinds of links are suitable (physical, bond, team, vlan, bridge,
+/// vxlan, veth, macvlan); DP_MACVTAP_DISCOVER_SKIP_ENSLAVED=true leaves out
+/// links enslaved to a bond, bridge or team.
+///
+/// Upstream's glog flags are accepted too, as its manifests pass them:
+/// -v N (0-3 info, 4-5 debug, 6+ trace; RUST_LOG wins), -logtostderr,
+/// -alsologtostderr, and -stderrthreshold, -log_dir, -log_backtrace_at,
+/// -vmodule, -log_link (no effect: logs always go to stderr).
 #[derive(Debug, Parser)]
 #[command(version = macvtap_buildinfo::VERSION, verbatim_doc_comment)]
 struct Args {
@@ -56,6 +72,13 @@ struct Args {
     /// container mounts it). Its stateDir must equal --state-dir.
     #[arg(long, value_name = "PATH")]
     install_node_policy: Option<PathBuf>,
+    /// Join the host's (PID 1's) mount namespace at start: auto does when
+    /// PID 1 is in another one (a container with hostPID) and nothing is
+    /// mounted at --state-dir (upstream's manifest and CNAO's template
+    /// mount only the device-plugin directory); then state directory,
+    /// PodResources socket and /dev are the host's, shared with the CNI plugin.
+    #[arg(long, value_enum, default_value = "auto")]
+    host_mounts: HostMountsArg,
     /// Log format (logs go to stderr; RUST_LOG=error|warn|info|debug|trace sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -130,12 +153,20 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
-    let args = Args::parse();
+    let glog = match macvtap_deviceplugin::glog::split(std::env::args_os()) {
+        Ok(split) => split,
+        Err(e) => {
+            eprintln!("macvtap-deviceplugin: {}", macvtap_net::error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let args = Args::parse_from(&glog.rest);
     // A plain level (error, warn, info, debug, trace): a full EnvFilter
     // would pull in a regex engine and a megabyte of resident memory.
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .or(glog.verbosity.map(macvtap_deviceplugin::glog::level))
         .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
@@ -145,6 +176,15 @@ fn main() -> ExitCode {
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some(v) = glog.verbosity {
+        tracing::info!("glog -v {v}: log level {filter}");
+    }
+    if !glog.ignored.is_empty() {
+        tracing::info!(
+            "glog flags accepted without effect (logs always go to stderr): {}",
+            glog.ignored.join(" ")
+        );
     }
     if let Some(path) = &args.install_node_policy {
         return match install_node_policy(path, &args.state_dir) {
@@ -158,9 +198,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::parse(
+    let config = match Config::parse_all(
         std::env::var("DP_MACVTAP_CONF").ok().as_deref(),
         std::env::var("DP_MACVTAP_DISCOVER_KINDS").ok().as_deref(),
+        std::env::var("DP_MACVTAP_DISCOVER_SKIP_ENSLAVED")
+            .ok()
+            .as_deref(),
     ) {
         Ok(config) => config,
         Err(e) => {
@@ -185,12 +228,24 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            Config::Discover(kinds) => {
-                let kinds: Vec<String> = kinds.iter().map(ToString::to_string).collect();
-                println!("discovery of {} links", kinds.join(", "));
-            }
+            Config::Discover(discovery) => println!("{discovery}"),
         }
         return ExitCode::SUCCESS;
+    }
+    let mode = match args.host_mounts {
+        HostMountsArg::Auto => HostMounts::Auto,
+        HostMountsArg::Always => HostMounts::Always,
+        HostMountsArg::Never => HostMounts::Never,
+    };
+    // Before any thread starts: the kernel refuses a multi-threaded
+    // process another mount namespace.
+    match hostns::enter(mode, &args.state_dir) {
+        Ok(layout) if layout.shared() => tracing::info!("{}", layout.describe(&args.state_dir)),
+        Ok(layout) => tracing::warn!("{}", layout.describe(&args.state_dir)),
+        Err(e) => {
+            eprintln!("macvtap-deviceplugin: {}", macvtap_net::error_chain(&e));
+            return ExitCode::FAILURE;
+        }
     }
     let paths = Paths {
         device_plugin_dir: args.device_plugin_path,

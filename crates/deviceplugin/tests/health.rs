@@ -183,20 +183,27 @@ async fn health_of_two_resources_on_different_lowers_is_independent() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_follows_links_of_the_chosen_kinds() {
-    let mut world = World::new("dp-discover");
-    let lab = &world.lab;
-    // A veth enslaved to a bridge is not suitable, even of a chosen kind.
+/// `up3`, a veth in NODE enslaved to the bridge `br0`.
+fn enslaved_veth(lab: &Lab) {
     lab.node.ip_cmd("link add br0 type bridge");
     lab.node.ip_cmd(&format!(
         "link add up3 type veth peer name lan3 netns {}",
         lab.lan.name()
     ));
     lab.node.ip_cmd("link set up3 master br0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_follows_links_of_the_chosen_kinds() {
+    let mut world = World::new("dp-discover");
+    let lab = &world.lab;
+    // With the opt-in filter, a veth enslaved to a bridge is not suitable,
+    // even of a chosen kind.
+    enslaved_veth(lab);
     let mut dp = world
         .cmd("[]")
         .env("DP_MACVTAP_DISCOVER_KINDS", "veth")
+        .env("DP_MACVTAP_DISCOVER_SKIP_ENSLAVED", "true")
         .spawn();
     let regs = world.kubelet.wait_registrations(1, SLOW).await;
     assert_eq!(
@@ -352,4 +359,33 @@ async fn discovery_kinds_select_bridges_and_macvlans() {
         vec![resource_name("br0"), resource_name("mvl0")],
         "exactly the bridge and the macvlan (not the veth up0)"
     );
+}
+
+/// Upstream offers enslaved links too (a bond's member NICs): so does
+/// discovery by default, on real links in a namespace (veths: this kernel
+/// has no bonding, team or 8021q, so the kind is chosen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_offers_enslaved_links_unless_told_not_to() {
+    for (skip, want) in [(None, vec!["up0", "up3"]), (Some("true"), vec!["up0"])] {
+        let world = World::new("dp-discover-enslaved");
+        let lab = &world.lab;
+        enslaved_veth(lab);
+        let mut cmd = world.cmd("[]").env("DP_MACVTAP_DISCOVER_KINDS", "veth");
+        if let Some(skip) = skip {
+            cmd = cmd.env("DP_MACVTAP_DISCOVER_SKIP_ENSLAVED", skip);
+        }
+        let mut dp = cmd.spawn();
+        world.kubelet.wait_registrations(want.len(), SLOW).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        dp.assert_running("discovering");
+        let mut got: Vec<String> = world
+            .kubelet
+            .registrations()
+            .into_iter()
+            .map(|r| r.request.resource_name)
+            .collect();
+        got.sort();
+        let want: Vec<String> = want.iter().map(|n| resource_name(n)).collect();
+        assert_eq!(got, want, "DP_MACVTAP_DISCOVER_SKIP_ENSLAVED={skip:?}");
+    }
 }

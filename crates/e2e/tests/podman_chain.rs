@@ -11,7 +11,6 @@
 //! the handover stays (the CNI owns it); `podman rm` undoes it through the
 //! chain's DEL and leaves nothing: no record, no link, no node, no lease.
 
-
 mod support;
 
 use std::fs;
