@@ -247,7 +247,6 @@ fn main() {
         for _ in 0..iterations {
             samples[0].push(timed(&lab, &ours, "ADD", &config));
             samples[1].push(timed(&lab, &ours, "DEL", &config));
-            samples[2].push(timed(&lab, &ours, "VERSION", &config));
             let t = Instant::now();
             background
                 .nl
@@ -278,6 +277,7 @@ fn main() {
                 .delete_link(link.index)
                 .unwrap_or_else(|e| panic!("floor delete: {}", macvtap_net::error_chain(&e)));
             samples[6].push(t.elapsed());
+            samples[2].push(timed(&lab, &ours, "VERSION", &config));
         }
         rows.push(Row {
             links,
