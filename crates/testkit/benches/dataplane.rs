@@ -18,9 +18,10 @@
 //!                            └─ (c) AF_PACKET sockets on up0 itself ───────────────── VMM
 //! ```
 //!
-//! The veth between LAN and node is common to all three, so (c) is the floor
-//! (a VMM on the veth itself) and (a) and (b) show what their layer costs
-//! on top of it. Directions:
+//! The veth between LAN and node is common to all three; (c) adds no device
+//! of its own (the VMM sits on the veth end itself), so the differences are
+//! what each layer, and the interface the VMM reads it through, cost.
+//! Directions:
 //!
 //! - **to the VM**: as many sender threads as queues write UDP frames (16
 //!   flows each, so the kernel's flow hash spreads them over the queues) to
