@@ -7,8 +7,16 @@
 //! calls on free devices are timed, as in the footprint bench. Run as root:
 //! `cargo bench -p macvtap-deviceplugin --bench allocate_scale` (`MACVTAP_DP_BIN`
 //! picks the binary; `BENCH_IN_USE` the counts, default `0,1000`).
+//!
+//! Then what the daemon's link watcher costs as the node's link count
+//! grows: macvtaps made in the daemon's (node) namespace through netlink,
+//! from 0 to 1,000 and from 1,000 to `BENCH_LINKS` (default 4,000), down
+//! (no IPv6 work), and the daemon's CPU time (utime + stime from
+//! /proc/PID/stat) spent until it is idle again, per link made.
 
 use std::time::{Duration, Instant};
+
+use macvtap_net::{MacvtapMode, MacvtapSpec, NetNs, Netlink};
 
 use macvtap_testkit::device_plugin::*;
 use tonic::transport::Channel;
@@ -64,6 +72,91 @@ async fn measure(in_use: u32, sample: u32) -> Row {
     }
 }
 
+/// The daemon's CPU time so far (all threads), in milliseconds.
+fn cpu_ms(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12] // utime and stime: fields 14 and 15
+        .iter()
+        .map(|&i| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    ticks as f64 * 1e3 / hz
+}
+
+/// Waits until the daemon used no CPU for 300 ms; returns its CPU time.
+async fn idle_cpu_ms(pid: i32) -> f64 {
+    let mut last = cpu_ms(pid);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = cpu_ms(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// The daemon's CPU per link made in its namespace, for each step of
+/// `steps` (link counts reached in turn).
+async fn link_events(steps: &[usize]) -> Vec<(usize, usize, f64, Duration)> {
+    let world = World::new("dp-link-events");
+    let daemon = world.start(&conf1("r0", 10, "pod"), 1).await;
+    let _watch = world.watch("r0").await;
+    let node = NetNs::open(world.lab.node.path())
+        .unwrap_or_else(|e| panic!("open the node namespace: {e}"));
+    let mut nl = node
+        .run(Netlink::open)
+        .unwrap_or_else(|e| panic!("enter the node namespace: {e}"))
+        .unwrap_or_else(|e| panic!("netlink in the node: {e}"));
+    let lower = nl
+        .link_by_name(LOWER)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no {LOWER} in the node"))
+        .index;
+    let mut out = Vec::new();
+    let mut made = 0;
+    let mut before = idle_cpu_ms(daemon.pid()).await;
+    for &to in steps {
+        let from = made;
+        let t = Instant::now();
+        for i in from..to {
+            let name = format!("bg{i}");
+            nl.create_macvtap(&MacvtapSpec {
+                name: &name,
+                lower_index: lower,
+                mode: MacvtapMode::Bridge,
+                source_macs: &[],
+                mac: None,
+                mtu: None,
+                promisc: false,
+                up: false,
+                ifindex: None,
+                netns_fd: None,
+            })
+            .unwrap_or_else(|e| panic!("macvtap {i}: {}", macvtap_net::error_chain(&e)));
+        }
+        made = to;
+        let after = idle_cpu_ms(daemon.pid()).await;
+        out.push((from, to, after - before, t.elapsed()));
+        before = after;
+    }
+    drop(daemon);
+    out
+}
+
 fn main() {
     let sample: u32 = std::env::var("BENCH_ALLOCATES")
         .ok()
@@ -100,6 +193,24 @@ fn main() {
             r.p50,
             r.p90,
             r.p50 / rows[0].p50
+        );
+    }
+    let top: usize = std::env::var("BENCH_LINKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4000);
+    let steps: Vec<usize> = [1000.min(top), top]
+        .into_iter()
+        .filter(|&n| n > 0)
+        .collect();
+    println!("the daemon's link watcher, macvtaps made in its namespace:");
+    for (from, to, cpu, took) in runtime.block_on(link_events(&steps)) {
+        let n = (to - from).max(1) as f64;
+        println!(
+            "  links {from:>5} -> {to:<5} made in {:>6.0} ms   daemon CPU {:>7.0} ms = {:>6.1} us per link",
+            took.as_secs_f64() * 1e3,
+            cpu,
+            cpu * 1e3 / n
         );
     }
 }
