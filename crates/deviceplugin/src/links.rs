@@ -1,7 +1,6 @@
 //! The host's links as the daemon sees them, kept current from netlink
 //! link events on a thread of its own (the daemon never changes namespace).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,22 +24,52 @@ pub struct HostLink {
     pub numa_node: Option<i64>,
 }
 
-/// All host links, by ifindex.
+/// All host links, by ifindex and by name. Persistent maps: a copy (one
+/// per change published to the daemon) costs O(1), an update O(log n), so
+/// nothing the watcher does per link event grows with the node's links.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkTable {
-    links: BTreeMap<u32, HostLink>,
+    links: imbl::OrdMap<u32, HostLink>,
+    names: imbl::HashMap<String, u32>,
 }
 
 impl LinkTable {
     /// A table of these links.
     pub fn from_links(links: impl IntoIterator<Item = HostLink>) -> LinkTable {
-        LinkTable {
-            links: links.into_iter().map(|l| (l.index, l)).collect(),
+        let mut table = LinkTable::default();
+        for link in links {
+            table.insert(link);
         }
+        table
+    }
+
+    /// Add or replace a link; whether anything changed.
+    pub fn insert(&mut self, link: HostLink) -> bool {
+        match self.links.get(&link.index) {
+            Some(old) if *old == link => return false,
+            Some(old) if old.name != link.name => {
+                self.names.remove(&old.name);
+            }
+            _ => {}
+        }
+        self.names.insert(link.name.clone(), link.index);
+        self.links.insert(link.index, link);
+        true
+    }
+
+    /// Remove a link; whether it was there.
+    pub fn remove(&mut self, index: u32) -> bool {
+        let Some(old) = self.links.remove(&index) else {
+            return false;
+        };
+        if self.names.get(&old.name) == Some(&index) {
+            self.names.remove(&old.name);
+        }
+        true
     }
 
     pub fn by_name(&self, name: &str) -> Option<&HostLink> {
-        self.links.values().find(|l| l.name == name)
+        self.names.get(name).and_then(|index| self.links.get(index))
     }
 
     pub fn by_index(&self, index: u32) -> Option<&HostLink> {
@@ -84,12 +113,9 @@ impl Describer {
 
     fn dump(&self) -> macvtap_net::Result<LinkTable> {
         let links = Netlink::open()?.links()?;
-        Ok(LinkTable {
-            links: links
-                .into_iter()
-                .map(|l| (l.index, self.describe(l)))
-                .collect(),
-        })
+        Ok(LinkTable::from_links(
+            links.into_iter().map(|l| self.describe(l)),
+        ))
     }
 }
 
@@ -105,24 +131,23 @@ pub fn watch_links() -> macvtap_net::Result<watch::Receiver<Arc<LinkTable>>> {
     std::thread::Builder::new()
         .name("link-events".into())
         .spawn(move || loop {
-            let before = table.clone();
+            let mut changed = false;
             match monitor.next_events() {
                 Ok(events) => {
                     for event in events {
-                        match event {
-                            LinkEvent::Changed(link) => {
-                                table.links.insert(link.index, describer.describe(link));
-                            }
-                            LinkEvent::Removed(link) => {
-                                table.links.remove(&link.index);
-                            }
-                        }
+                        changed |= match event {
+                            LinkEvent::Changed(link) => table.insert(describer.describe(link)),
+                            LinkEvent::Removed(link) => table.remove(link.index),
+                        };
                     }
                 }
                 Err(e) if events_lost(&e) => {
                     tracing::warn!("link events were lost; listing links again");
                     match describer.dump() {
-                        Ok(t) => table = t,
+                        Ok(t) => {
+                            changed = t != table;
+                            table = t;
+                        }
                         Err(e) => {
                             tracing::error!("listing links: {}", macvtap_net::error_chain(&e))
                         }
@@ -136,10 +161,54 @@ pub fn watch_links() -> macvtap_net::Result<watch::Receiver<Arc<LinkTable>>> {
             if tx.is_closed() {
                 return;
             }
-            if table != before {
+            if changed {
                 tx.send_replace(Arc::new(table.clone()));
             }
         })
         .map_err(|e| macvtap_net::Error::Thread(e.to_string()))?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str, carrier: bool) -> HostLink {
+        HostLink {
+            index,
+            name: name.into(),
+            kind: None,
+            info_kind: None,
+            carrier,
+            enslaved: false,
+            lower_index: None,
+            numa_node: None,
+        }
+    }
+
+    #[test]
+    fn insert_reports_only_real_changes_and_keeps_the_name_index() {
+        let mut table = LinkTable::from_links([link(2, "eth0", true), link(3, "eth1", true)]);
+        assert!(!table.insert(link(2, "eth0", true)), "the same link again");
+        assert!(table.insert(link(2, "eth0", false)), "carrier lost");
+        assert_eq!(table.by_name("eth0").map(|l| l.carrier), Some(false));
+        // A rename: the old name is gone, the new one finds the link.
+        assert!(table.insert(link(3, "uplink", true)));
+        assert!(table.by_name("eth1").is_none());
+        assert_eq!(table.by_name("uplink").map(|l| l.index), Some(3));
+        // A removed link leaves neither index nor name behind.
+        assert!(table.remove(3));
+        assert!(!table.remove(3));
+        assert!(table.by_name("uplink").is_none() && table.by_index(3).is_none());
+        assert_eq!(table.iter().count(), 1);
+    }
+
+    #[test]
+    fn a_name_reused_by_a_new_link_points_at_the_new_one() {
+        let mut table = LinkTable::from_links([link(5, "mvtap0", true)]);
+        // The kernel reports the new link before the old one's removal.
+        assert!(table.insert(link(9, "mvtap0", true)));
+        assert!(table.remove(5));
+        assert_eq!(table.by_name("mvtap0").map(|l| l.index), Some(9));
+    }
 }
