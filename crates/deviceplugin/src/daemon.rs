@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::allocate::Allocator;
 use crate::config::{valid_resource_name, Config, Discovery, ResourceConfig, DEFAULT_CAPACITY};
 use crate::kubelet::{register, watch_dir, DirEvent, Served, KUBELET_SOCKET};
-use crate::links::{watch_links, LinkTable};
+use crate::links::{watch_links, HostLink, LinkTable};
 use crate::resource::{assign_bases, Counters, Resource};
 use crate::{metrics, sweep};
 
@@ -110,9 +110,12 @@ struct Daemon {
 /// Resources that discovery offers for these links. A link whose name
 /// cannot be a resource name is left out (upstream offers it, and the
 /// kubelet refuses its registration).
-fn discovered(links: &LinkTable, discovery: &Discovery) -> Vec<ResourceConfig> {
+fn discovered<'a>(
+    links: impl IntoIterator<Item = &'a HostLink>,
+    discovery: &Discovery,
+) -> Vec<ResourceConfig> {
     links
-        .iter()
+        .into_iter()
         .filter(|l| {
             l.kind.is_some_and(|k| discovery.kinds.contains(&k))
                 && !(discovery.skip_enslaved && l.enslaved)
@@ -323,7 +326,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
 
     let (wanted, discover) = match config {
         Config::Static(resources) => (resources, None),
-        Config::Discover(discovery) => (discovered(&table, &discovery), Some(discovery)),
+        Config::Discover(discovery) => (discovered(table.iter(), &discovery), Some(discovery)),
     };
     let mut daemon = Daemon {
         allocator: Arc::new(Allocator {
@@ -398,6 +401,9 @@ async fn serve_until_signal(
     dir_events: &mut tokio::sync::mpsc::UnboundedReceiver<DirEvent>,
     links: &mut tokio::sync::watch::Receiver<Arc<LinkTable>>,
 ) -> Result<(), DaemonError> {
+    // What discovery last looked at: only links that changed since are
+    // looked at again (a diff of the persistent maps skips what they share).
+    let mut previous = links.borrow().clone();
     loop {
         tokio::select! {
             _ = sigterm.recv() => return Ok(()),
@@ -424,7 +430,8 @@ async fn serve_until_signal(
                 }
                 if let Some(discovery) = daemon.discover.clone() {
                     daemon.track_gone(&table);
-                    let added = daemon.add_resources(discovered(&table, &discovery), &table)?;
+                    let fresh = discovered(table.changed_since(&previous), &discovery);
+                    let added = daemon.add_resources(fresh, &table)?;
                     for resource in &added {
                         tracing::info!(resource = %resource.resource_name(), "discovered");
                         daemon.serve(resource)?;
@@ -433,6 +440,7 @@ async fn serve_until_signal(
                         daemon.register_pending().await;
                     }
                 }
+                previous = table;
             },
             _ = tokio::time::sleep(daemon.retry_delay), if !daemon.unregistered.is_empty() => {
                 daemon.register_pending().await
@@ -478,7 +486,10 @@ mod tests {
     }
 
     fn names(links: &LinkTable, d: &Discovery) -> Vec<String> {
-        discovered(links, d).into_iter().map(|r| r.name).collect()
+        discovered(links.iter(), d)
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
     }
 
     /// Upstream (pkg/util/netlink.go, isSuitableMacvtapParent): every link

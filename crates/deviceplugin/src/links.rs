@@ -68,6 +68,22 @@ impl LinkTable {
         true
     }
 
+    /// The links added or changed since `before` (an earlier copy of this
+    /// table): O(changes) when the two share most of their structure.
+    pub fn changed_since<'a>(
+        &'a self,
+        before: &'a LinkTable,
+    ) -> impl Iterator<Item = &'a HostLink> {
+        before
+            .links
+            .diff(&self.links)
+            .filter_map(|item| match item {
+                imbl::ordmap::DiffItem::Add(_, link) => Some(link),
+                imbl::ordmap::DiffItem::Update { new: (_, link), .. } => Some(link),
+                imbl::ordmap::DiffItem::Remove(..) => None,
+            })
+    }
+
     pub fn by_name(&self, name: &str) -> Option<&HostLink> {
         self.names.get(name).and_then(|index| self.links.get(index))
     }
@@ -201,6 +217,19 @@ mod tests {
         assert!(!table.remove(3));
         assert!(table.by_name("uplink").is_none() && table.by_index(3).is_none());
         assert_eq!(table.iter().count(), 1);
+    }
+
+    #[test]
+    fn changed_since_names_added_and_changed_links_only() {
+        let before = LinkTable::from_links((1..=500).map(|i| link(i, &format!("l{i}"), true)));
+        let mut after = before.clone();
+        after.insert(link(7, "l7", false));
+        after.insert(link(900, "new0", true));
+        after.remove(12);
+        let mut changed: Vec<u32> = after.changed_since(&before).map(|l| l.index).collect();
+        changed.sort();
+        assert_eq!(changed, [7, 900]);
+        assert_eq!(after.changed_since(&after).count(), 0);
     }
 
     #[test]
