@@ -843,10 +843,11 @@ pub struct HalfDone {
 /// Every record under `state_dir` and its supervisor's state. Does not
 /// create the state directory: none means no handovers.
 pub fn records(state_dir: &str) -> Result<Vec<HalfDone>, macvtap_handover::Error> {
-    if !Path::new(state_dir).join("handover").is_dir() {
+    let state = macvtap_state::StateDir::open(state_dir)
+        .map_err(|source| macvtap_handover::Error::StateDir { source })?;
+    let Some(store) = Store::existing_in(state)? else {
         return Ok(Vec::new());
-    }
-    let store = Store::open(state_dir)?;
+    };
     let mut out = Vec::new();
     for r in store.records()? {
         let netns_alive = NetNs::open(&r.netns_path)

@@ -135,27 +135,11 @@ fn trusted_owner(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
-fn check_dir(fd: BorrowedFd<'_>, path: &Path) -> Result<()> {
-    let st = fstat(fd).map_err(|e| Error::Record {
-        op: "stat",
-        path: path.to_path_buf(),
-        source: e.into(),
-    })?;
-    let why = if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFDIR {
-        Some("not a directory".to_string())
-    } else if !trusted_owner(st.st_uid) {
-        Some(format!("owned by uid {}", st.st_uid))
-    } else if st.st_mode & 0o022 != 0 {
-        Some(format!("mode {:o} lets others write", st.st_mode & 0o7777))
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(Error::Untrusted {
-            path: path.to_path_buf(),
-            why: format!("{why}; it must be a directory only root can change"),
-        }),
-        None => Ok(()),
+/// The handover directory refused as unsafe is this crate's `Untrusted`.
+fn untrusted_or_state(source: macvtap_state::Error) -> Error {
+    match source {
+        macvtap_state::Error::Untrusted { path, why } => Error::Untrusted { path, why },
+        source => Error::StateDir { source },
     }
 }
 
@@ -164,45 +148,32 @@ impl Store {
     /// `root`. Refuses a state directory anyone but root could change.
     pub fn open(root: &str) -> Result<Store> {
         let state = StateDir::open(root).map_err(|source| Error::StateDir { source })?;
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |e: Errno| Error::Record {
-                op,
-                path,
-                source: e.into(),
-            }
-        };
-        let root_path = state.root().to_path_buf();
-        // StateDir checked every component; open the same path again without
-        // following anything and check the directory itself once more.
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let root_fd = openat2(nix::fcntl::AT_FDCWD, root_path.as_path(), how)
-            .map_err(io("open", &root_path))?;
-        check_dir(root_fd.as_fd(), &root_path)?;
-        let path = root_path.join(DIR);
-        match nix::sys::stat::mkdirat(root_fd.as_fd(), DIR, Mode::from_bits_truncate(0o700)) {
-            Ok(()) => nix::unistd::fsync(root_fd.as_fd()).map_err(io("fsync", &root_path))?,
-            Err(Errno::EEXIST) => {}
-            Err(e) => return Err(io("create", &path)(e)),
-        }
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .resolve(resolve());
-        let dir = openat2(root_fd.as_fd(), DIR, how).map_err(|e| match e {
-            Errno::ELOOP | Errno::ENOTDIR => Error::Untrusted {
-                path: path.clone(),
-                why: "is a symlink or not a directory".into(),
-            },
-            e => io("open", &path)(e),
-        })?;
-        check_dir(dir.as_fd(), &path)?;
-        Ok(Store {
+        Store::in_state(state)
+    }
+
+    /// The handover records of a state directory already opened (and
+    /// checked): `handover/` below its fd, created if missing.
+    pub fn in_state(state: StateDir) -> Result<Store> {
+        let dir = state.component_dir(DIR).map_err(untrusted_or_state)?;
+        Ok(Store::with_dir(state, dir))
+    }
+
+    /// Like [`Store::in_state`], but None when no handover ever wrote a
+    /// record there (nothing is created).
+    pub fn existing_in(state: StateDir) -> Result<Option<Store>> {
+        let dir = state
+            .existing_component_dir(DIR)
+            .map_err(untrusted_or_state)?;
+        Ok(dir.map(|dir| Store::with_dir(state, dir)))
+    }
+
+    fn with_dir(state: StateDir, dir: OwnedFd) -> Store {
+        let path = state.root().join(DIR);
+        Store {
             state,
             dir: std::sync::Arc::new(dir),
             path,
-        })
+        }
     }
 
     /// Where the records are.

@@ -673,6 +673,35 @@ impl StateDir {
         self.fd.as_fd()
     }
 
+    /// Another component's directory below this one (the handover keeps
+    /// its records in `handover/`): created if missing, opened from this
+    /// directory's checked fd without following links, and checked itself.
+    /// A symlink, a non-directory or a directory others can change there
+    /// is [`Error::Untrusted`].
+    pub fn component_dir(&self, name: &str) -> Result<OwnedFd> {
+        dir::ensure_dir(self.fd(), name).map_err(|e| self.component_err(name, e))
+    }
+
+    /// [`StateDir::component_dir`] without creating it: None when absent.
+    pub fn existing_component_dir(&self, name: &str) -> Result<Option<OwnedFd>> {
+        dir::existing_dir(self.fd(), name).map_err(|e| self.component_err(name, e))
+    }
+
+    fn component_err(&self, name: &str, e: std::io::Error) -> Error {
+        let path = self.root.join(name);
+        match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => Error::Untrusted {
+                path,
+                why: "a symlink or not a directory".into(),
+            },
+            None if e.kind() == std::io::ErrorKind::PermissionDenied => Error::Untrusted {
+                path,
+                why: e.to_string(),
+            },
+            _ => io_err("open", path)(e),
+        }
+    }
+
     fn sub(&self, name: &str) -> Result<OwnedFd> {
         dir::ensure_dir(self.fd(), name).map_err(io_err("open", self.root.join(name)))
     }

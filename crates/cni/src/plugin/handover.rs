@@ -166,7 +166,7 @@ impl Attaching<'_> {
             chosen,
             ..
         } = *self;
-        let store = Store::open(&cfg.policy.state_dir).map_err(core_error)?;
+        let store = Store::in_state(state.clone()).map_err(core_error)?;
         let owner = owner_of(cfg, env);
         for old in records_of(&store, &owner)? {
             if old.phase == Phase::Intent {
@@ -276,32 +276,31 @@ fn namespace_of(record: &Record, netns: &str) -> Option<NetNs> {
 fn teardown(state: &StateDir, cfg: &Config, env: &Env) -> Vec<CniError> {
     let mut errors = Vec::new();
     // No handover directory: nothing was handed over (do not create one).
-    if state.root().join("handover").is_dir() {
-        match Store::open(&cfg.policy.state_dir).map_err(core_error) {
-            Ok(store) => match records_of(&store, &owner_of(cfg, env)) {
-                Ok(records) => {
-                    for record in records {
-                        let done = match namespace_of(&record, &env.netns) {
-                            Some(ns) => undo(&store, &ns, &record.key.interface).map(|_| ()),
-                            // Gone with its namespace: so is all it made.
-                            None => forget(&store, &record.key),
-                        };
-                        // What a launcher (`macvtapctl handover`) keeps
-                        // next to the record, if it was killed.
-                        let done = done.and_then(|()| {
-                            ["supervisor", "seed.img"]
-                                .iter()
-                                .try_for_each(|s| store.remove_beside(&record.key, s))
-                        });
-                        if let Err(e) = done {
-                            errors.push(core_error(e));
-                        }
+    match Store::existing_in(state.clone()).map_err(core_error) {
+        Ok(None) => {}
+        Ok(Some(store)) => match records_of(&store, &owner_of(cfg, env)) {
+            Ok(records) => {
+                for record in records {
+                    let done = match namespace_of(&record, &env.netns) {
+                        Some(ns) => undo(&store, &ns, &record.key.interface).map(|_| ()),
+                        // Gone with its namespace: so is all it made.
+                        None => forget(&store, &record.key),
+                    };
+                    // What a launcher (`macvtapctl handover`) keeps
+                    // next to the record, if it was killed.
+                    let done = done.and_then(|()| {
+                        ["supervisor", "seed.img"]
+                            .iter()
+                            .try_for_each(|s| store.remove_beside(&record.key, s))
+                    });
+                    if let Err(e) = done {
+                        errors.push(core_error(e));
                     }
                 }
-                Err(e) => errors.push(e),
-            },
+            }
             Err(e) => errors.push(e),
-        }
+        },
+        Err(e) => errors.push(e),
     }
     if let Err(e) = state.remove_node(node_of(env), None) {
         errors.push(e.into());
@@ -316,11 +315,9 @@ pub(super) fn gc(
     cfg: &Config,
     valid: &[crate::config::ValidAttachment],
 ) -> Vec<CniError> {
-    if !state.root().join("handover").is_dir() {
-        return Vec::new();
-    }
-    let store = match Store::open(&cfg.policy.state_dir) {
-        Ok(s) => s,
+    let store = match Store::existing_in(state.clone()) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Vec::new(),
         Err(e) => return vec![core_error(e)],
     };
     let records = match store.records() {
@@ -367,19 +364,23 @@ pub(super) fn check(cfg: &Config, env: &Env) -> Result<()> {
     let prev = CniResult::parse(prev)?;
     let mut pod = Pod::open(env.require_netns()?)?;
     let state = StateDir::open(&cfg.policy.state_dir)?;
-    let store = Store::open(&cfg.policy.state_dir).map_err(core_error)?;
     let owner = owner_of(cfg, env);
+    // CHECK creates nothing: no handover directory is no record.
+    let no_record = || {
+        differs(format!(
+            "no handover record of container {container_id} ({}) on network {:?} in {}/handover",
+            owner.ifname,
+            owner.network,
+            state.root().display()
+        ))
+    };
+    let Some(store) = Store::existing_in(state.clone()).map_err(core_error)? else {
+        return Err(no_record());
+    };
     let record = records_of(&store, &owner)?
         .into_iter()
         .next()
-        .ok_or_else(|| {
-            differs(format!(
-                "no handover record of container {container_id} ({}) on network {:?} in {}",
-                owner.ifname,
-                owner.network,
-                store.path().display()
-            ))
-        })?;
+        .ok_or_else(no_record)?;
     let here = pod.ns.identity().map_err(kernel_error)?;
     if here != (record.key.netns_dev, record.key.netns_ino) {
         return Err(differs(format!(
