@@ -326,11 +326,23 @@ fn del_after_the_namespace_is_gone_succeeds_and_forgets_the_record() {
 #[test]
 fn bad_chains_are_refused_clearly_and_change_nothing() {
     let lab = lab("hobad");
+    // Another namespace with an eth0 that has IPv4, the way the tenant would
+    // want one to be taken over: were the sandbox check missing, it would be.
     let other = lab.netns("other");
+    other.ip_cmd(&format!("link add {IFNAME} type veth peer name peer0"));
+    other.ip_cmd(&format!("addr add 10.250.0.2/24 dev {IFNAME}"));
+    other.ip_cmd(&format!("link set {IFNAME} up"));
     let a = attachment(&lab, &lab.pod, "a", "bridge", 93);
     let conf = handover_conf(&lab);
     let prev = a.add_first();
     let before = snapshot(&lab.pod);
+    let other_before = snapshot(&other);
+    let node_view = || {
+        let mut links: Vec<String> = lab.node.links().into_iter().map(|l| l.name).collect();
+        links.sort();
+        json!({"addr": lab.node.ip_json(&["addr"]), "links": links})
+    };
+    let node_before = node_view();
     let fifo = lab.dir.path().join("sandbox.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let with = |key: &str, value: Value| {
@@ -372,6 +384,14 @@ fn bad_chains_are_refused_clearly_and_change_nothing() {
             conf.clone(),
             Some(edit(&|p| {
                 p["interfaces"][2]["sandbox"] = other.path().to_string_lossy().into()
+            })),
+            108,
+        ),
+        (
+            "a sandbox that is the node's (the plugin's own) namespace",
+            conf.clone(),
+            Some(edit(&|p| {
+                p["interfaces"][2]["sandbox"] = lab.node.path().to_string_lossy().into()
             })),
             108,
         ),
@@ -439,6 +459,12 @@ fn bad_chains_are_refused_clearly_and_change_nothing() {
             Err(e) => failures.push(format!("{label}: {e}")),
         }
         assert_eq!(snapshot(&lab.pod), before, "{label} changed the container");
+        assert_eq!(
+            snapshot(&other),
+            other_before,
+            "{label} changed another namespace"
+        );
+        assert_eq!(node_view(), node_before, "{label} changed the node");
         assert!(
             handover_files(&lab).is_empty(),
             "{label}: {:?}",
