@@ -135,16 +135,9 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 /// device plugin's link in the node namespace first, as Allocate leaves it.
 fn make_host_link(nl: &mut Netlink, lower: u32, ifindex: u32) {
     nl.create_macvtap(&MacvtapSpec {
-        name: &macvtap_state::host_link_name(ifindex),
-        lower_index: lower,
-        mode: MacvtapMode::Bridge,
-        source_macs: &[],
-        mac: None,
-        mtu: None,
-        promisc: false,
         up: true,
         ifindex: Some(ifindex),
-        netns_fd: None,
+        ..MacvtapSpec::new(&macvtap_state::host_link_name(ifindex), lower)
     })
     .expect("create the device plugin's host link");
 }
@@ -159,16 +152,9 @@ fn floor_round(
 ) -> (Duration, Duration) {
     let t = Instant::now();
     nl.create_macvtap(&MacvtapSpec {
-        name: "net1",
-        lower_index: lower,
-        mode: MacvtapMode::Bridge,
-        source_macs: &[],
-        mac: None,
-        mtu: None,
-        promisc: false,
         up: true,
-        ifindex: None,
         netns_fd: Some(pod.raw_fd()),
+        ..MacvtapSpec::new("net1", lower)
     })
     .expect("floor create");
     let link = pod_nl.link_by_name("net1").expect("get").expect("exists");

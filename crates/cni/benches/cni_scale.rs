@@ -20,7 +20,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use macvtap_net::{MacvtapMode, MacvtapSpec, NetNs, Netlink, SysfsView};
+use macvtap_net::{MacvtapSpec, NetNs, Netlink, SysfsView};
 use macvtap_testkit::{
     Lab, Netns, LOWER, NODE_CONFIG_ENV, NO_NODE_POLICY, POD_IFNAME, STATE_DIR_ENV,
 };
@@ -41,16 +41,9 @@ fn netlink_in(ns: &NetNs) -> Netlink {
 
 fn spec(name: &str, lower: u32, netns_fd: Option<i32>) -> MacvtapSpec<'_> {
     MacvtapSpec {
-        name,
-        lower_index: lower,
-        mode: MacvtapMode::Bridge,
-        source_macs: &[],
-        mac: None,
-        mtu: None,
-        promisc: false,
         up: true,
-        ifindex: None,
         netns_fd,
+        ..MacvtapSpec::new(name, lower)
     }
 }
 

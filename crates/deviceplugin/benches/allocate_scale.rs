@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use macvtap_net::{MacvtapMode, MacvtapSpec, NetNs, Netlink};
+use macvtap_net::{MacvtapSpec, NetNs, Netlink};
 
 use macvtap_testkit::device_plugin::*;
 use tonic::transport::Channel;
@@ -134,19 +134,8 @@ async fn link_events(steps: &[usize]) -> Vec<(usize, usize, f64, Duration)> {
         let t = Instant::now();
         for i in from..to {
             let name = format!("bg{i}");
-            nl.create_macvtap(&MacvtapSpec {
-                name: &name,
-                lower_index: lower,
-                mode: MacvtapMode::Bridge,
-                source_macs: &[],
-                mac: None,
-                mtu: None,
-                promisc: false,
-                up: false,
-                ifindex: None,
-                netns_fd: None,
-            })
-            .unwrap_or_else(|e| panic!("macvtap {i}: {}", macvtap_net::error_chain(&e)));
+            nl.create_macvtap(&MacvtapSpec::new(&name, lower))
+                .unwrap_or_else(|e| panic!("macvtap {i}: {}", macvtap_net::error_chain(&e)));
         }
         made = to;
         let after = idle_cpu_ms(daemon.pid()).await;

@@ -353,16 +353,9 @@ fn change(netns: &NetNs, nl: &mut Netlink, record: &mut Record, opts: &ApplyOpti
     };
     let lower = record.identity.ifindex;
     let spec = MacvtapSpec {
-        name: &record.made.macvtap,
-        lower_index: lower,
         mode: opts.mode,
-        source_macs: &[],
         mac: Some(record.made.mac),
-        mtu: None,
-        promisc: false,
-        up: false,
-        ifindex: None,
-        netns_fd: None,
+        ..MacvtapSpec::new(&record.made.macvtap, lower)
     };
     let mut netlink = open_netlink(netns)?;
     netlink.create_macvtap(&spec).map_err(Error::net(format!(

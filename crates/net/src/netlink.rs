@@ -115,6 +115,26 @@ pub struct MacvtapSpec<'a> {
     pub netns_fd: Option<RawFd>,
 }
 
+impl<'a> MacvtapSpec<'a> {
+    /// A bridge-mode macvtap called `name` on `lower_index`, created down
+    /// with the kernel's choices for everything else; set the rest with
+    /// struct update syntax (`MacvtapSpec { up: true, ..MacvtapSpec::new(..) }`).
+    pub fn new(name: &'a str, lower_index: u32) -> MacvtapSpec<'a> {
+        MacvtapSpec {
+            name,
+            lower_index,
+            mode: MacvtapMode::Bridge,
+            source_macs: &[],
+            mac: None,
+            mtu: None,
+            promisc: false,
+            up: false,
+            ifindex: None,
+            netns_fd: None,
+        }
+    }
+}
+
 /// A link as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {

@@ -49,7 +49,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use macvtap_net::{MacAddr, MacvtapMode, MacvtapSpec, NetNs, Netlink, SysfsView};
+use macvtap_net::{MacAddr, MacvtapSpec, NetNs, Netlink, SysfsView};
 use macvtap_testkit::guest::frames::VNET_HDR_LEN;
 use macvtap_testkit::{require_root, unique_name, wire_uplink, Netns, Uplink};
 use macvtapctl::scope::Scope;
@@ -212,16 +212,9 @@ impl World {
                     macvtap_net::Error::Thread(format!("{UPLINK} vanished from the node"))
                 })?;
                 nl.create_macvtap(&MacvtapSpec {
-                    name: "mvt0",
-                    lower_index: lower.index,
-                    mode: MacvtapMode::Bridge,
-                    source_macs: &[],
                     mac: Some(MacAddr(VM_MAC)),
-                    mtu: None,
-                    promisc: false,
                     up: true,
-                    ifindex: None,
-                    netns_fd: None,
+                    ..MacvtapSpec::new("mvt0", lower.index)
                 })?;
                 nl.link_by_name("mvt0")?
                     .ok_or_else(|| macvtap_net::Error::Thread("mvt0 vanished".into()))
