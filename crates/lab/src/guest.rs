@@ -124,6 +124,13 @@ pub fn ensure(cache_dir: &Path) -> Result<Ensured, GuestError> {
     let lock_path = cache_dir.join(".lock");
     let lock_file =
         File::create(&lock_path).map_err(io_err(format!("create {}", lock_path.display())))?;
+    // Building takes a download and tens of seconds: say so on stderr (the
+    // lab's stdout carries QEMU arguments for scripts).
+    eprintln!(
+        "guest: none cached in {}: building one (waits if another build holds {})",
+        cache_dir.display(),
+        lock_path.display()
+    );
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| io_err(format!("lock {}", lock_path.display()))(e.into()))?;
     // Someone else may have built one while we waited for the lock.
@@ -138,6 +145,7 @@ pub fn ensure(cache_dir: &Path) -> Result<Ensured, GuestError> {
         // Package lists older than the mirror name a kernel it no longer
         // has: refresh them once and ask again.
         Err(GuestError::Download(_)) => {
+            eprintln!("guest: the kernel package lists are stale: apt-get update, then again");
             tool(
                 Command::new("apt-get")
                     .args(["update", "-qq"])
@@ -161,7 +169,11 @@ fn build_current(cache_dir: &Path) -> Result<GuestImage, GuestError> {
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).map_err(io_err(format!("create {}", work.display())))?;
     let dest = cache_dir.join(format!("guest-{}-{package}", content_key()));
+    eprintln!("guest: downloading {package} (apt-get download) and unpacking its kernel");
     let built = build(&package, &work, &dest);
+    if let Ok(image) = &built {
+        eprintln!("guest: built {}", image.initramfs.display());
+    }
     let _ = fs::remove_dir_all(&work);
     built
 }
@@ -239,6 +251,7 @@ fn kernel_package() -> Result<String, GuestError> {
         _ => {}
     }
     // Empty package lists on a fresh machine: fetch them once.
+    eprintln!("guest: apt has no package lists: apt-get update");
     tool(
         Command::new("apt-get")
             .args(["update", "-qq"])
