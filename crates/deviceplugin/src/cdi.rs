@@ -122,13 +122,16 @@ pub enum CdiError {
 
 /// Is `class` a CDI class name: a letter first, a letter or digit last,
 /// letters, digits, `_`, `-`, `.` between. A resource name may start with a
-/// digit; such a resource gets no CDI devices.
+/// digit; such a resource gets no CDI devices. Nor does a one-character
+/// name, which the spec allows but podman 4.3's CDI library (v0.5) panics
+/// on (its class check slices `[1:len-1]`).
 pub fn valid_class(class: &str) -> bool {
     let mut chars = class.chars();
     let Some(first) = chars.next() else {
         return false;
     };
-    first.is_ascii_alphabetic()
+    class.len() >= 2
+        && first.is_ascii_alphabetic()
         && class.ends_with(|c: char| c.is_ascii_alphanumeric())
         && class
             .chars()
@@ -321,7 +324,7 @@ impl SpecDir {
             let Some(spec) = spec_for(resource, state) else {
                 tracing::warn!(
                     resource = %resource.resource_name(),
-                    "no CDI spec: {name:?} is no CDI class name (a letter first); Allocate answers DeviceSpecs only"
+                    "no CDI spec: {name:?} is no CDI class name (a letter first, two characters at least); Allocate answers DeviceSpecs only"
                 );
                 continue;
             };
@@ -434,10 +437,10 @@ mod tests {
 
     #[test]
     fn class_names_follow_cdi() {
-        for good in ["dataplane", "eth0", "bond0.100", "a", "up_link-2"] {
+        for good in ["dataplane", "eth0", "bond0.100", "ab", "up_link-2"] {
             assert!(valid_class(good), "{good}");
         }
-        for bad in ["", "0eth", "eth0-", "eth.", "a/b", "a=b", "_x"] {
+        for bad in ["", "a", "0eth", "eth0-", "eth.", "a/b", "a=b", "_x"] {
             assert!(!valid_class(bad), "{bad}");
         }
         assert_eq!(
