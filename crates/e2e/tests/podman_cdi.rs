@@ -194,9 +194,19 @@ async fn podman_gives_a_container_the_pods_tap_from_the_cdi_name_allocate_answer
         .result();
     let link = lab.pod.expect_link(IFNAME);
     assert_eq!(link.ifindex, ifindex, "{}", link.json);
+    // The tap's numbers as the pod's own sysfs gives them: what the
+    // container's node must carry.
+    let (major, minor) = lab.pod.tap_dev(&link);
     let node = std::fs::metadata(world.dev_node(&device_id)).expect("the node after ADD");
     assert!(node.file_type().is_char_device(), "not a char device");
-    let (major, minor) = (libc::major(node.rdev()), libc::minor(node.rdev()));
+    assert_eq!(
+        (
+            u64::from(libc::major(node.rdev())),
+            u64::from(libc::minor(node.rdev()))
+        ),
+        (major, minor),
+        "the CNI's node is not the pod's tap"
+    );
 
     let podman = Podman::new(
         "e2e-podman-cdi-rt",
