@@ -333,7 +333,11 @@ impl SpecDir {
                 resource: name.clone(),
                 source,
             })?;
-            self.write(&file, &bytes)?;
+            // Unchanged specs stay as they are: a rewrite would make every
+            // runtime watching the directory read them all again.
+            if self.read_bytes(&file)?.as_deref() != Some(bytes.as_slice()) {
+                self.write(&file, &bytes)?;
+            }
             keep.insert(file);
         }
         for entry in self.entries()? {
@@ -352,26 +356,40 @@ impl SpecDir {
 
     /// The spec file `name` as it is now (tests, diagnostics); None when absent.
     pub fn read(&self, name: &str) -> Result<Option<Spec>, CdiError> {
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK)
-            .resolve(no_links());
-        let fd = match openat2(self.fd.as_fd(), name, how) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT) => return Ok(None),
-            Err(e) => return Err(self.io(format!("opening {name}"), e.into())),
+        let Some(bytes) = self.read_bytes(name)? else {
+            return Ok(None);
         };
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(std::fs::File::from(fd), MAX_SPEC as u64 + 1),
-            &mut bytes,
-        )
-        .map_err(|e| self.io(format!("reading {name}"), e))?;
         serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             self.io(
                 format!("parsing {name}"),
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             )
         })
+    }
+
+    /// The bytes of regular file `name` (up to a little more than the
+    /// largest spec); None when absent or not a regular file (then it is
+    /// replaced by the rename).
+    fn read_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, CdiError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK)
+            .resolve(no_links());
+        let fd = match openat2(self.fd.as_fd(), name, how) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ELOOP) => return Ok(None),
+            Err(e) => return Err(self.io(format!("opening {name}"), e.into())),
+        };
+        let stat = fstat(fd.as_fd()).map_err(|e| self.io(format!("fstat {name}"), e.into()))?;
+        if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::from(fd), MAX_SPEC as u64 + 1),
+            &mut bytes,
+        )
+        .map_err(|e| self.io(format!("reading {name}"), e))?;
+        Ok(Some(bytes))
     }
 
     /// Under a temporary name first (CDI readers take only `*.json` and
