@@ -9,7 +9,10 @@ use macvtap_state::{host_link_name, parse_device_id, AllocationRecord, Attach, N
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use crate::proto::deviceplugin::{AllocateResponse, ContainerAllocateResponse, DeviceSpec};
+use crate::cdi::{self, CdiError, SpecDir};
+use crate::proto::deviceplugin::{
+    AllocateResponse, CdiDevice, ContainerAllocateResponse, DeviceSpec,
+};
 use crate::resource::Resource;
 
 /// Owner of the device nodes the daemon makes itself (`attach: host`):
@@ -27,6 +30,9 @@ pub struct Allocator {
     /// Where to hand granted devices so that their grants learn their pod
     /// (see [`crate::grants`]); None: they stay unbound.
     pub binder: Option<crate::grants::Binder>,
+    /// `--cdi`: the spec directory holding every resource's CDI spec;
+    /// Allocate then names each device in `cdi_devices` too.
+    pub cdi: Option<SpecDir>,
 }
 
 /// What one Allocate call did, undone in reverse if a later step fails.
@@ -172,6 +178,7 @@ impl Allocator {
         let mut container_responses = Vec::new();
         for devices in planned {
             let mut specs = Vec::new();
+            let mut cdi_devices = Vec::new();
             for (id, ifindex) in devices {
                 // Stop early for a caller that is gone: every further link
                 // would be one more to delete (17 ms each) in the undo.
@@ -209,9 +216,18 @@ impl Allocator {
                     host_path: node_path.to_string_lossy().into_owned(),
                     permissions: "rw".into(),
                 });
+                // Next to the DeviceSpec, not instead: kubelets before 1.31
+                // ignore cdi_devices; a runtime given both lets CDI's entry
+                // for /dev/tapN replace the DeviceSpec's.
+                if self.cdi.is_some() {
+                    if let Some(name) = cdi::qualified_name(resource, id) {
+                        cdi_devices.push(CdiDevice { name });
+                    }
+                }
             }
             container_responses.push(ContainerAllocateResponse {
                 devices: specs,
+                cdi_devices,
                 ..Default::default()
             });
         }
@@ -292,6 +308,18 @@ impl Allocator {
             )
             .map_err(|e| Status::internal(error_chain(&e)))?;
         Ok(())
+    }
+
+    /// With `--cdi`: write the specs of `resources` (all the daemon offers)
+    /// and remove those of resources it no longer offers.
+    pub fn sync_cdi<'a>(
+        &self,
+        resources: impl IntoIterator<Item = &'a std::sync::Arc<Resource>>,
+    ) -> Result<(), CdiError> {
+        match &self.cdi {
+            Some(dir) => dir.sync(resources, &self.state),
+            None => Ok(()),
+        }
     }
 
     fn undo(&self, undo: Undo) {

@@ -25,6 +25,8 @@ pub struct Paths {
     pub state_dir: String,
     pub pod_resources_socket: PathBuf,
     pub metrics_address: Option<SocketAddr>,
+    /// `--cdi`: where the CDI specs go (None: no CDI).
+    pub cdi_spec_dir: Option<PathBuf>,
 }
 
 /// How the daemon behaves, beyond where things are.
@@ -84,6 +86,9 @@ pub enum DaemonError {
     /// Signal handlers cannot be installed.
     #[error("signal handling")]
     Signals(#[source] std::io::Error),
+    /// The CDI spec directory is unusable or a spec cannot be written.
+    #[error("CDI")]
+    Cdi(#[from] crate::cdi::CdiError),
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
@@ -178,6 +183,7 @@ impl Daemon {
         self.state.save_config(&NodeConfig {
             resources: self.resources.values().map(|r| r.to_state()).collect(),
         })?;
+        self.allocator.sync_cdi(self.resources.values())?;
         if let Ok(mut shared) = self.shared.write() {
             *shared = self.resources.values().cloned().collect();
         }
@@ -301,6 +307,7 @@ impl Daemon {
         self.state.save_config(&NodeConfig {
             resources: self.resources.values().map(|r| r.to_state()).collect(),
         })?;
+        self.allocator.sync_cdi(self.resources.values())?;
         Ok(())
     }
 
@@ -335,6 +342,10 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
                 state.clone(),
                 paths.pod_resources_socket.clone(),
             )),
+            cdi: match &paths.cdi_spec_dir {
+                Some(dir) => Some(crate::cdi::SpecDir::open(dir)?),
+                None => None,
+            },
         }),
         state,
         paths,

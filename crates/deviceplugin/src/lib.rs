@@ -3,6 +3,7 @@
 
 pub mod allocate;
 pub mod authority;
+pub mod cdi;
 pub mod config;
 pub mod daemon;
 pub mod glog;

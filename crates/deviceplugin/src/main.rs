@@ -79,6 +79,14 @@ struct Args {
     /// PodResources socket and /dev are the host's, shared with the CNI plugin.
     #[arg(long, value_enum, default_value = "auto")]
     host_mounts: HostMountsArg,
+    /// Write a CDI spec per resource (kind macvtap.network.kubevirt.io/<name>)
+    /// into --cdi-spec-dir and name the devices in Allocate's cdi_devices too,
+    /// next to the DeviceSpecs (kubelets from 1.31 pass them to the runtime).
+    #[arg(long, env = "DP_MACVTAP_CDI")]
+    cdi: bool,
+    /// Where --cdi writes its specs: a directory the runtime reads.
+    #[arg(long, env = "DP_MACVTAP_CDI_SPEC_DIR", value_name = "DIR", default_value = macvtap_deviceplugin::cdi::DEFAULT_SPEC_DIR)]
+    cdi_spec_dir: PathBuf,
     /// Log format (logs go to stderr; RUST_LOG=error|warn|info|debug|trace sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -252,6 +260,7 @@ fn main() -> ExitCode {
         state_dir: args.state_dir,
         pod_resources_socket: args.pod_resources_socket,
         metrics_address: args.metrics_address,
+        cdi_spec_dir: args.cdi.then_some(args.cdi_spec_dir),
     };
     // One thread for the async work keeps the footprint small; blocking
     // work (netlink, files) goes to tokio's blocking pool.
