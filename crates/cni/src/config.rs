@@ -152,6 +152,20 @@ fn parse_mac(s: &str) -> std::result::Result<MacAddr, MacError> {
     })
 }
 
+/// The spec's rule for a network name: an ASCII letter or digit, then
+/// letters, digits, `_`, `.` and `-` (code 7 otherwise, as the reference
+/// plugins' library answers).
+fn check_network_name(name: &str) -> Result<()> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "name {name:?} is not a network name: a letter or digit, then letters, digits, '_', '.' or '-'"
+    )))
+}
+
 fn invalid(msg: impl Into<String>) -> CniError {
     err(code::INVALID_CONFIG, msg)
 }
@@ -323,6 +337,15 @@ impl Config {
     /// Decode and validate against the node's `policy`. `env` supplies
     /// CNI_ARGS (for `MAC=`).
     pub fn parse(value: Value, env: &Env, policy: &NodePolicy) -> Result<Self> {
+        let cfg = Self::parse_keys(value, env, policy)?;
+        // Checked last so that a bad value of another key is the one named.
+        // Not for DEL's teardown: an attachment made before this check
+        // existed must still come off.
+        check_network_name(&cfg.name)?;
+        Ok(cfg)
+    }
+
+    fn parse_keys(value: Value, env: &Env, policy: &NodePolicy) -> Result<Self> {
         let Decoded { raw, version, name } = decode(value, policy, false)?;
         if raw.handover {
             return Self::handover(raw, version, name, policy);
@@ -575,6 +598,39 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn network_names_follow_the_spec() {
+        let with_name = |name: &str| {
+            parse(
+                json!({"cniVersion":"1.0.0","name":name,"master":"eth0"}),
+                "",
+            )
+        };
+        for good in ["n", "7", "dataplane", "vm-net_1.0", "A.b-C_d"] {
+            assert_eq!(with_name(good).expect(good).name, good);
+        }
+        for bad in [
+            "-n", ".n", "_n", "a b", "a/b", "a:b", "n\u{1b}", "né", "a\nb",
+        ] {
+            let e = with_name(bad).expect_err(bad);
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+        }
+        // Another bad key is named first.
+        let e = parse(
+            json!({"cniVersion":"1.0.0","name":"a b","master":"eth0","mtu":5}),
+            "",
+        )
+        .expect_err("mtu 5");
+        assert!(e.msg.contains("mtu"), "{}", e.msg);
+        // DEL tears down whatever the name.
+        let c = Config::parse_for_teardown(
+            json!({"cniVersion":"1.0.0","name":"a b"}),
+            &NodePolicy::default(),
+        )
+        .expect("teardown");
+        assert_eq!(c.name, "a b");
     }
 
     #[test]
