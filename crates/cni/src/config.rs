@@ -338,6 +338,9 @@ impl Config {
     /// CNI_ARGS (for `MAC=`).
     pub fn parse(value: Value, env: &Env, policy: &NodePolicy) -> Result<Self> {
         let cfg = Self::parse_keys(value, env, policy)?;
+        // CNI_ARGS are read for `MAC=` only when no runtimeConfig.mac wins;
+        // malformed ones are refused either way, as the reference does.
+        env.parsed_args()?;
         // Checked last so that a bad value of another key is the one named.
         // Not for DEL's teardown: an attachment made before this check
         // existed must still come off.
@@ -598,6 +601,20 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn malformed_cni_args_are_refused_whichever_mac_wins() {
+        let conf = json!({"cniVersion":"1.0.0","name":"n","master":"eth0",
+                          "runtimeConfig":{"mac":"02:00:00:00:00:01"}});
+        let e = parse(conf.clone(), "IgnoreUnknown=1;garbage").expect_err("a pair without =");
+        assert_eq!(e.code, code::INVALID_ENVIRONMENT);
+        // A MAC= that loses to runtimeConfig.mac is not read.
+        let c = parse(conf, "IgnoreUnknown=1;MAC=zz").expect("losing MAC= unread");
+        assert_eq!(
+            c.mac.map(|m| m.to_string()).as_deref(),
+            Some("02:00:00:00:00:01")
+        );
     }
 
     #[test]
