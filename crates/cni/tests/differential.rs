@@ -55,8 +55,11 @@ use Val::{Absent, Is};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Dim {
     Version,
+    Name,
+    Master,
     Mtu,
     Mac,
+    RuntimeMac,
     Mode,
     Ipam,
     CniArgs,
@@ -64,10 +67,13 @@ enum Dim {
     Env,
 }
 
-const DIMS: [Dim; 8] = [
+const DIMS: [Dim; 11] = [
     Dim::Version,
+    Dim::Name,
+    Dim::Master,
     Dim::Mtu,
     Dim::Mac,
+    Dim::RuntimeMac,
     Dim::Mode,
     Dim::Ipam,
     Dim::CniArgs,
@@ -90,6 +96,32 @@ const VERSIONS: &[(&str, Val)] = &[
     ("number", Is("1")),
     ("null", Is("null")),
     ("missing", Absent),
+];
+
+const NAMES: &[(&str, Val)] = &[
+    ("difftest", Is(r#""difftest""#)),
+    ("missing", Absent),
+    ("empty", Is(r#""""#)),
+    ("with a space", Is(r#""diff test""#)),
+    ("with a slash", Is(r#""diff/test""#)),
+    ("starts with a dot", Is(r#"".difftest""#)),
+    ("dots, dashes, underscores", Is(r#""diff-test_1.0""#)),
+    ("non-ASCII", Is(r#""diffné""#)),
+    ("number", Is("5")),
+];
+
+/// The lower device. Ours also takes it as `lowerDevice` (kubevirt's
+/// name): the row "up0 as lowerDevice" gives ours that key, the reference
+/// `master`.
+const MASTERS: &[(&str, Val)] = &[
+    ("up0", Is(r#""up0""#)),
+    ("up0 as lowerDevice", Is(r#""up0""#)),
+    ("missing", Absent),
+    ("empty", Is(r#""""#)),
+    ("no such device", Is(r#""nosuch0""#)),
+    ("lo", Is(r#""lo""#)),
+    ("16 chars", Is(r#""abcdefghijklmnop""#)),
+    ("number", Is("5")),
 ];
 
 const MTUS: &[(&str, Val)] = &[
@@ -123,6 +155,17 @@ const MACS: &[(&str, Val)] = &[
     ("eight bytes", Is(r#""02:00:00:00:00:00:00:01""#)),
     ("dashes", Is(r#""02-00-00-00-00-02""#)),
     ("dotted", Is(r#""0200.0000.0003""#)),
+    ("empty", Is(r#""""#)),
+    ("number", Is("5")),
+];
+
+/// `runtimeConfig.mac` (the `mac` capability): both read it first.
+const RUNTIME_MACS: &[(&str, Val)] = &[
+    ("absent", Absent),
+    ("local unicast", Is(r#""02:00:00:00:00:21""#)),
+    ("upper case", Is(r#""02:00:00:00:00:2B""#)),
+    ("multicast", Is(r#""01:00:5e:00:00:21""#)),
+    ("not hex", Is(r#""zz:00:00:00:00:21""#)),
     ("empty", Is(r#""""#)),
     ("number", Is("5")),
 ];
@@ -248,8 +291,11 @@ const ENVS: &[(&str, Val)] = &[
 fn table(dim: Dim) -> &'static [(&'static str, Val)] {
     match dim {
         Dim::Version => VERSIONS,
+        Dim::Name => NAMES,
+        Dim::Master => MASTERS,
         Dim::Mtu => MTUS,
         Dim::Mac => MACS,
+        Dim::RuntimeMac => RUNTIME_MACS,
         Dim::Mode => MODES,
         Dim::Ipam => IPAMS,
         Dim::CniArgs => CNI_ARGS,
@@ -260,11 +306,11 @@ fn table(dim: Dim) -> &'static [(&'static str, Val)] {
 
 /// One generated input: a row of each dimension's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Case([usize; 8]);
+struct Case([usize; 11]);
 
 impl Case {
     fn baseline() -> Case {
-        Case([0; 8])
+        Case([0; 11])
     }
 
     fn with(mut self, dim: Dim, row: usize) -> Case {
@@ -296,7 +342,9 @@ impl Case {
 
     /// Whether a MAC was asked for (then both links must carry it).
     fn asks_for_mac(&self) -> bool {
-        self.row(Dim::Mac) != 0 || matches!(self.val(Dim::CniArgs), Is(a) if a.contains("MAC="))
+        self.row(Dim::Mac) != 0
+            || self.row(Dim::RuntimeMac) != 0
+            || matches!(self.val(Dim::CniArgs), Is(a) if a.contains("MAC="))
     }
 }
 
@@ -333,13 +381,23 @@ impl Rng {
 
 /// Pairs whose verdict is not the composition of their parts, always run:
 /// an old version with an address (the reference's old result format can
-/// then carry it), a bad `mac` key under a good CNI_ARGS MAC (which wins,
-/// unchecked, in both), CNI_PATH missing with IPAM.
+/// then carry it), a bad `mac` key or CNI_ARGS MAC under a good one that
+/// wins (the loser is not read by either), malformed CNI_ARGS under
+/// `runtimeConfig.mac`, CNI_PATH missing with IPAM.
 const INTERACTIONS: &[[(Dim, &str); 2]] = &[
     [(Dim::Version, "0.2.0"), (Dim::Ipam, "static")],
     [(Dim::Version, "missing"), (Dim::Ipam, "host-local")],
     [(Dim::Mac, "multicast"), (Dim::CniArgs, "MAC")],
     [(Dim::Mac, "not hex"), (Dim::CniArgs, "MAC, IgnoreUnknown")],
+    [
+        (Dim::RuntimeMac, "local unicast"),
+        (Dim::CniArgs, "MAC malformed"),
+    ],
+    [
+        (Dim::RuntimeMac, "local unicast"),
+        (Dim::CniArgs, "pair without ="),
+    ],
+    [(Dim::RuntimeMac, "local unicast"), (Dim::Mac, "multicast")],
     [(Dim::Env, "CNI_PATH unset"), (Dim::Ipam, "host-local")],
     [(Dim::Env, "CNI_PATH empty"), (Dim::Ipam, "static")],
 ];
@@ -514,13 +572,14 @@ const KNOWN: &[Known] = &[
         ours: Expect::Codes(&[7]),
     },
     Known {
-        id: "empty mode, mac or CNI_ARGS MAC",
+        id: "empty mode, mac, runtimeConfig.mac or CNI_ARGS MAC",
         reason: "ours refuses an empty value (7; 4 for CNI_ARGS) instead of reading it as the \
                  default: an empty string is a template that rendered nothing, and attaching \
                  with a random MAC or another mode than meant would be silent",
         applies: |c| {
             c.is(Dim::Mode, &["empty"])
                 || c.is(Dim::Mac, &["empty"])
+                || c.is(Dim::RuntimeMac, &["empty"])
                 || c.is(Dim::CniArgs, &["MAC empty"])
         },
         reference: Expect::Success,
@@ -595,10 +654,13 @@ impl World {
 
     fn config(&self, case: &Case, side: Side) -> Value {
         let mut config = json!({
-            "name": "difftest",
             "type": match side { Side::Reference => "macvlan", Side::Ours => "macvtap" },
-            "master": LOWER,
         });
+        let master = if side == Side::Ours && case.is(Dim::Master, &["up0 as lowerDevice"]) {
+            "lowerDevice"
+        } else {
+            "master"
+        };
         if side == Side::Ours {
             config["stateDir"] = json!(self.lab.state_dir());
         }
@@ -608,6 +670,8 @@ impl World {
         };
         for (dim, key) in [
             (Dim::Version, "cniVersion"),
+            (Dim::Name, "name"),
+            (Dim::Master, master),
             (Dim::Mtu, "mtu"),
             (Dim::Mac, "mac"),
             (Dim::Mode, "mode"),
@@ -619,6 +683,11 @@ impl World {
                     .unwrap_or_else(|e| panic!("table value {text} is not JSON: {e}"));
                 config[key] = value;
             }
+        }
+        if let Is(text) = case.val(Dim::RuntimeMac) {
+            let mac: Value = serde_json::from_str(text)
+                .unwrap_or_else(|e| panic!("table value {text} is not JSON: {e}"));
+            config["runtimeConfig"] = json!({ "mac": mac });
         }
         config
     }
