@@ -250,7 +250,21 @@ struct Decoded {
 /// the container its parent holds.
 const OWN_TYPE: &str = "macvtap";
 
-fn decode(value: Value, policy: &NodePolicy, teardown: bool) -> Result<Decoded> {
+fn decode(mut value: Value, policy: &NodePolicy, teardown: bool) -> Result<Decoded> {
+    if teardown {
+        // ADD refuses an ipam section without a plugin name, so nothing was
+        // leased: tear down without it rather than fail a DEL the runtime
+        // would retry forever (the reference reads it as no IPAM).
+        if let Some(obj) = value.as_object_mut() {
+            let typeless = obj
+                .get("ipam")
+                .and_then(Value::as_object)
+                .is_some_and(|i| i.get("type").is_none_or(|t| t.is_null() || t == ""));
+            if typeless {
+                obj.remove("ipam");
+            }
+        }
+    }
     check_types(&value)?;
     let raw: RawConf = serde_json::from_value(value).map_err(|e| {
         err(
@@ -641,6 +655,14 @@ mod tests {
         )
         .expect_err("mtu 5");
         assert!(e.msg.contains("mtu"), "{}", e.msg);
+        // DEL tears down without an ipam section that has no plugin name
+        // (ADD refused it: nothing was leased).
+        for ipam in [json!({}), json!({"type": ""}), json!({"type": null})] {
+            let conf = json!({"cniVersion":"1.0.0","name":"n","ipam":ipam});
+            assert!(parse(conf.clone(), "").is_err(), "ADD refuses {ipam}");
+            let c = Config::parse_for_teardown(conf, &NodePolicy::default()).expect("teardown");
+            assert!(c.ipam.is_none(), "{ipam}");
+        }
         // DEL tears down whatever the name.
         let c = Config::parse_for_teardown(
             json!({"cniVersion":"1.0.0","name":"a b"}),
