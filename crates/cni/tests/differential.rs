@@ -1,24 +1,30 @@
 //! Differential test against the reference plugin: our `macvtap` and
 //! `/usr/lib/cni/macvlan` (Debian's containernetworking-plugins) get the
-//! same generated inputs over what they share (cniVersion, `mtu`, `mac`,
-//! `mode`, `ipam`, CNI_ARGS, CNI_IFNAME, the other CNI_* variables) and must
-//! reach the same verdict: both succeed (with the same MTU, mode and, when
-//! one was asked for, MAC on the link), or both fail, with the same code
-//! when the reference's code is one the CNI spec fixes (1..=99; its own
-//! errors are all 999, which the spec does not define).
+//! same generated inputs over what they share (cniVersion, `name`,
+//! `master`, `mtu`, `mac`, `runtimeConfig.mac`, `mode`, `ipam`, CNI_ARGS,
+//! CNI_IFNAME, the other CNI_* variables) and must reach the same verdict:
+//! both succeed (with the same MTU, mode and, when one was asked for, MAC
+//! on the link; then both DEL), or both fail, with the same code when the
+//! reference's code is one the CNI spec fixes (1..=99; its own errors are
+//! all 999, which the spec does not define). Each single input also gets a
+//! DEL alone (nothing to remove), judged the same way.
 //!
 //! Every disagreement must be listed in [`KNOWN`] with its reason (the same
 //! list is in docs/cni-plugin.md, "Differences from the reference macvlan
 //! plugin"); a new one fails the test, and so does a listed one that no
 //! case shows any more.
 //!
-//! Inputs: every value of every dimension alone on a valid baseline
-//! ("singles"), then seeded random combinations of several. A combination
-//! that disagrees passes only if each plugin reached the verdict its own
-//! singles predict (success when all its singles succeed, else the code of
-//! one of its failing singles): the disagreement is then one of the
-//! singles', already judged, and which of two faults a plugin reports first
-//! is not the spec's concern.
+//! Inputs: every value of every dimension alone on a valid baseline, a few
+//! [`INTERACTIONS`] ("singles", all judged directly), then seeded random
+//! combinations. A combination that disagrees passes if each plugin reached
+//! a verdict its own singles predict (success when all its singles succeed,
+//! else the verdict of one of its failing singles): the disagreement is
+//! then one of the singles', already judged, and which of two faults a
+//! plugin reports first is not the spec's concern. Otherwise it must be in
+//! [`KNOWN`] too.
+//!
+//! Run: `cargo test -p macvtap-cni --test differential -- --nocapture`
+//! (root; about 12 s on 2 cores).
 
 mod common;
 
@@ -461,6 +467,8 @@ struct Applied {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     Success(Applied),
+    /// DEL's success: exit 0 (it prints nothing).
+    Done,
     Error(i64),
     /// Exit 0 without a result and without doing anything (the reference
     /// prints its "about" text when CNI_COMMAND is unset).
@@ -480,6 +488,7 @@ impl fmt::Display for Outcome {
                 a.mode.as_deref().unwrap_or("?"),
                 a.mac
             ),
+            Outcome::Done => write!(f, "success"),
             Outcome::Error(c) => write!(f, "error {c}"),
             Outcome::NoResult => write!(f, "exit 0, no result"),
             Outcome::Broken(why) => write!(f, "broken: {why}"),
@@ -498,6 +507,7 @@ fn agree(case: &Case, reference: &Outcome, ours: &Outcome) -> bool {
         (Outcome::Success(r), Outcome::Success(o)) => {
             r.mtu == o.mtu && r.mode == o.mode && (!case.asks_for_mac() || r.mac == o.mac)
         }
+        (Outcome::Done, Outcome::Done) => true,
         (Outcome::Error(r), Outcome::Error(o)) => !spec_fixed(*r) || r == o,
         _ => false,
     }
@@ -509,7 +519,7 @@ enum Expect {
     Success,
     /// An error with one of these codes.
     Codes(&'static [i64]),
-    /// An error whose code the spec does not fix (the reference's 999).
+    /// An error, whatever its code.
     AnyError,
     NoResult,
     /// Decided by the case's other inputs (this key does not fail it).
@@ -520,7 +530,7 @@ impl Expect {
     fn matches(self, outcome: &Outcome) -> bool {
         match (self, outcome) {
             (_, Outcome::Broken(_)) => false,
-            (Expect::Success, Outcome::Success(_)) => true,
+            (Expect::Success, Outcome::Success(_) | Outcome::Done) => true,
             (Expect::Codes(codes), Outcome::Error(e)) => codes.contains(e),
             (Expect::AnyError, Outcome::Error(_)) => true,
             (Expect::NoResult, Outcome::NoResult) => true,
@@ -530,10 +540,27 @@ impl Expect {
     }
 }
 
+/// The command a known difference is about: the ADD of every case, or a
+/// DEL alone (nothing to remove) of every single.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    Add,
+    Del,
+    Both,
+}
+
+impl On {
+    fn covers(self, command: On) -> bool {
+        self == On::Both || self == command
+    }
+}
+
 /// A deliberate difference from the reference (docs/cni-plugin.md lists
 /// the same, with the same reasons).
 struct Known {
     id: &'static str,
+    /// Which command shows it.
+    on: On,
     reason: &'static str,
     applies: fn(&Case) -> bool,
     reference: Expect,
@@ -543,17 +570,20 @@ struct Known {
 const KNOWN: &[Known] = &[
     Known {
         id: "cniVersion 1.1.0",
+        on: On::Both,
         reason: "ours implements spec 1.1.0 (STATUS, GC); Debian's macvlan stops at 1.0.0",
         applies: |c| c.is(Dim::Version, &["1.1.0"]),
         reference: Expect::Codes(&[1]),
         ours: Expect::Success,
     },
     Known {
-        id: "cniVersion before 0.3.0, empty or missing",
+        id: "cniVersion before 0.3.0, empty, null or missing",
+        on: On::Both,
         reason: "ours speaks 0.3.0 and later only (a result without interfaces cannot describe \
-                 a macvtap) and refuses the rest with code 1; the reference reads a missing \
-                 version as 0.1.0, makes its link, and then fails (999, leaving the link \
-                 behind) unless IPAM gave an address that the old result format can carry",
+                 a macvtap) and refuses the rest, on DEL too, with code 1 (6 for null); the \
+                 reference reads a missing version as 0.1.0, makes its link, and then fails \
+                 (999, leaving the link behind) unless IPAM gave an address that the old \
+                 result format can carry; its DEL succeeds",
         applies: |c| {
             c.is(
                 Dim::Version,
@@ -561,10 +591,11 @@ const KNOWN: &[Known] = &[
             )
         },
         reference: Expect::Any,
-        ours: Expect::Codes(&[1]),
+        ours: Expect::Codes(&[1, 6]),
     },
     Known {
         id: "mtu 0",
+        on: On::Add,
         reason: "ours refuses an explicit 0 (code 7: not an MTU; leave the key out for the lower \
                  device's); the reference reads 0 as unset",
         applies: |c| c.is(Dim::Mtu, &["0"]),
@@ -573,6 +604,7 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "empty mode, mac, runtimeConfig.mac or CNI_ARGS MAC",
+        on: On::Add,
         reason: "ours refuses an empty value (7; 4 for CNI_ARGS) instead of reading it as the \
                  default: an empty string is a template that rendered nothing, and attaching \
                  with a random MAC or another mode than meant would be silent",
@@ -587,6 +619,7 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "ipam without a type",
+        on: On::Add,
         reason: "ours refuses an ipam section without a plugin name (6 when `type` is missing, \
                  7 when empty); the reference reads it as no IPAM. Leave `ipam` out for none",
         applies: |c| c.is(Dim::Ipam, &["type missing", "type empty"]),
@@ -595,6 +628,7 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "lenient CNI_ARGS",
+        on: On::Add,
         reason: "ours reads only the keys it knows (MAC, K8S_POD_*) and ignores the rest with \
                  or without IgnoreUnknown (which it does not read); a value may contain '=' \
                  (split at the first), empty pairs are skipped. The reference's library \
@@ -616,7 +650,33 @@ const KNOWN: &[Known] = &[
         ours: Expect::Success,
     },
     Known {
+        id: "DEL reads only cniVersion, name and ipam",
+        on: On::Del,
+        reason: "ours tears down what its record says and checks nothing only ADD needs \
+                 (master, mtu, the network name's form, CNI_ARGS): a DEL refused for a value \
+                 would be retried for ever and leak the attachment. The reference loads and \
+                 checks its whole configuration and CNI_ARGS on DEL",
+        applies: |c| {
+            !c.is(Dim::Name, &["difftest", "dots, dashes, underscores"])
+                || !c.is(Dim::Master, &["up0", "up0 as lowerDevice"])
+                || c.row(Dim::Mtu) != 0
+                || c.row(Dim::CniArgs) != 0
+        },
+        reference: Expect::AnyError,
+        ours: Expect::Success,
+    },
+    Known {
+        id: "DEL removes only what its record names",
+        on: On::Del,
+        reason: "ours deletes only a link its own record names (none here); the reference \
+                 tries to delete CNI_IFNAME whatever it is, and fails on lo",
+        applies: |c| c.is(Dim::Ifname, &["lo (exists)"]),
+        reference: Expect::AnyError,
+        ours: Expect::Success,
+    },
+    Known {
         id: "CNI_COMMAND unset",
+        on: On::Both,
         reason: "the spec makes CNI_COMMAND necessary: ours answers code 4; the reference prints \
                  its 'about' text and exits 0",
         applies: |c| c.is(Dim::Env, &["CNI_COMMAND unset"]),
@@ -625,6 +685,7 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "CNI_PATH unset or empty without IPAM",
+        on: On::Both,
         reason: "ours needs CNI_PATH only to find an IPAM plugin (without one it is not a \
                  necessary variable); the reference's library requires it for every ADD",
         applies: |c| {
@@ -735,7 +796,7 @@ impl World {
     /// ADD, and on success the link's settings and DEL.
     fn run(&self, case: &Case, side: Side) -> Outcome {
         let out = self.invocation(case, side, "ADD").run();
-        if side == Side::Reference && out.exit_code == Some(0) && out.stdout.trim().is_empty() {
+        if printed_about(side, &out) {
             return Outcome::NoResult;
         }
         if out.exit_code == Some(0) && !out.panicked() {
@@ -770,6 +831,26 @@ impl World {
         }
     }
 
+    /// DEL alone (no ADD before it), as a runtime sends after a failed or
+    /// forgotten ADD: it must succeed when there is nothing to remove.
+    fn run_del(&self, case: &Case, side: Side) -> Outcome {
+        let out = self.invocation(case, side, "DEL").run();
+        if printed_about(side, &out) {
+            return Outcome::NoResult;
+        }
+        if out.exit_code == Some(0) && !out.panicked() {
+            return Outcome::Done;
+        }
+        let answer = match side {
+            Side::Ours => out.error_code(),
+            Side::Reference => reference_error_code(&out),
+        };
+        match answer {
+            Ok(code) => Outcome::Error(code),
+            Err(e) => Outcome::Broken(e),
+        }
+    }
+
     /// What the reference left behind, removed (it does not undo a link
     /// when ADD fails after making it).
     fn clean_reference(&self) -> Vec<String> {
@@ -789,6 +870,15 @@ impl World {
         }
         left
     }
+}
+
+/// Whether the reference, run without a command, printed its "about" text
+/// (on stderr) and exited 0.
+fn printed_about(side: Side, out: &PluginOutput) -> bool {
+    side == Side::Reference
+        && out.exit_code == Some(0)
+        && out.stdout.trim().is_empty()
+        && out.stderr.contains("CNI protocol versions supported")
 }
 
 /// The reference's error: exit 1 and `{"code", "msg"}` on stdout (it
@@ -811,21 +901,29 @@ struct Verdicts {
     reference: Outcome,
     ours: Outcome,
     reference_leftovers: Vec<String>,
+    /// A DEL alone: (reference, ours); singles only.
+    del: Option<(Outcome, Outcome)>,
 }
 
 /// Runs `cases` on `WORKERS` labs. Ours leaving anything behind stops its
 /// worker (the following cases would be spoilt) and is a failure.
-fn run_all(cases: &[Case], failures: &Mutex<Vec<String>>) -> BTreeMap<Case, Verdicts> {
+/// `with_del` cases also get a DEL alone on both sides.
+fn run_all(cases: &[(Case, bool)], failures: &Mutex<Vec<String>>) -> BTreeMap<Case, Verdicts> {
     let results = Mutex::new(BTreeMap::new());
     thread::scope(|scope| {
         for worker in 0..WORKERS {
             let results = &results;
             scope.spawn(move || {
                 let world = World::new(worker);
-                for case in cases.iter().skip(worker).step_by(WORKERS) {
+                for (case, with_del) in cases.iter().skip(worker).step_by(WORKERS) {
                     let reference = world.run(case, Side::Reference);
-                    let reference_leftovers = world.clean_reference();
+                    let mut reference_leftovers = world.clean_reference();
                     let ours = world.run(case, Side::Ours);
+                    let del = with_del.then(|| {
+                        let reference = world.run_del(case, Side::Reference);
+                        reference_leftovers.extend(world.clean_reference());
+                        (reference, world.run_del(case, Side::Ours))
+                    });
                     let left = world.lab.leftovers();
                     let stop = !left.is_empty();
                     if stop {
@@ -840,6 +938,7 @@ fn run_all(cases: &[Case], failures: &Mutex<Vec<String>>) -> BTreeMap<Case, Verd
                             reference,
                             ours,
                             reference_leftovers,
+                            del,
                         },
                     );
                     if stop {
@@ -862,7 +961,7 @@ enum Kind {
 
 fn kind(outcome: &Outcome) -> Option<Kind> {
     match outcome {
-        Outcome::Success(_) => Some(Kind::Success),
+        Outcome::Success(_) | Outcome::Done => Some(Kind::Success),
         Outcome::Error(code) => Some(Kind::Error(*code)),
         Outcome::NoResult => Some(Kind::NoResult),
         Outcome::Broken(_) => None,
@@ -919,7 +1018,12 @@ fn same_verdicts_as_the_reference_macvlan() {
     let failures = Mutex::new(Vec::new());
     let mut all = singles.clone();
     all.extend(&combos);
-    let verdicts = run_all(&all, &failures);
+    let runs: Vec<(Case, bool)> = all
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (*c, i < singles.len()))
+        .collect();
+    let verdicts = run_all(&runs, &failures);
     let mut failures = failures.into_inner().expect("failures lock");
 
     let mut known_used: BTreeMap<&str, usize> = BTreeMap::new();
@@ -935,7 +1039,7 @@ fn same_verdicts_as_the_reference_macvlan() {
             reference_leaks.push(format!("{case}: {:?}", v.reference_leftovers));
         }
         let short = |o: &Outcome| match o {
-            Outcome::Success(_) => "ok".to_string(),
+            Outcome::Success(_) | Outcome::Done => "ok".to_string(),
             Outcome::Error(c) => c.to_string(),
             Outcome::NoResult => "no result".to_string(),
             Outcome::Broken(_) => "broken".to_string(),
@@ -960,7 +1064,10 @@ fn same_verdicts_as_the_reference_macvlan() {
             continue;
         }
         let known = KNOWN.iter().find(|k| {
-            (k.applies)(case) && k.reference.matches(&v.reference) && k.ours.matches(&v.ours)
+            k.on.covers(On::Add)
+                && (k.applies)(case)
+                && k.reference.matches(&v.reference)
+                && k.ours.matches(&v.ours)
         });
         if let Some(k) = known {
             *known_used.entry(k.id).or_default() += 1;
@@ -969,6 +1076,33 @@ fn same_verdicts_as_the_reference_macvlan() {
         failures.push(format!(
             "{case}: reference {}, ours {} (not a known difference)",
             v.reference, v.ours
+        ));
+    }
+    let mut del_agreed = 0;
+    for case in &singles {
+        let Some((reference, ours)) = verdicts.get(case).and_then(|v| v.del.as_ref()) else {
+            continue;
+        };
+        if let Outcome::Broken(why) = ours {
+            failures.push(format!("DEL {case}: ours is broken: {why}"));
+            continue;
+        }
+        if agree(case, reference, ours) {
+            del_agreed += 1;
+            continue;
+        }
+        let known = KNOWN.iter().find(|k| {
+            k.on.covers(On::Del)
+                && (k.applies)(case)
+                && k.reference.matches(reference)
+                && k.ours.matches(ours)
+        });
+        if let Some(k) = known {
+            *known_used.entry(k.id).or_default() += 1;
+            continue;
+        }
+        failures.push(format!(
+            "DEL {case}: reference {reference}, ours {ours} (not a known difference)"
         ));
     }
     for k in KNOWN {
@@ -982,8 +1116,8 @@ fn same_verdicts_as_the_reference_macvlan() {
 
     eprintln!(
         "differential: {} cases ({} singles, {} combinations) in {:.1?}; \
-         {agreed} agreed, {by_composition} combinations explained by their singles, \
-         known differences used: {known_used:?}",
+         {agreed} agreed, {by_composition} combinations explained by their singles; \
+         DEL alone on the singles: {del_agreed} agreed; known differences used: {known_used:?}",
         all.len(),
         singles.len(),
         combos.len(),
