@@ -461,6 +461,26 @@ struct Applied {
     mtu: u64,
     mode: Option<String>,
     mac: String,
+    /// The networks of the link's IPv4 addresses (`10.200.0.0/24`): the
+    /// addresses themselves depend on each side's host-local history.
+    networks: Vec<String>,
+}
+
+/// `10.200.0.13/24` -> `10.200.0.0/24`.
+fn network_of(cidr: &str) -> String {
+    let parsed = cidr.split_once('/').and_then(|(addr, len)| {
+        Some((
+            addr.parse::<std::net::Ipv4Addr>().ok()?,
+            len.parse::<u32>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((addr, len)) if len <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(addr) & mask))
+        }
+        _ => format!("unparsable {cidr}"),
+    }
 }
 
 /// One plugin's verdict on one case.
@@ -483,10 +503,11 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Success(a) => write!(
                 f,
-                "success (mtu {}, mode {}, mac {})",
+                "success (mtu {}, mode {}, mac {}, IPv4 networks {:?})",
                 a.mtu,
                 a.mode.as_deref().unwrap_or("?"),
-                a.mac
+                a.mac,
+                a.networks
             ),
             Outcome::Done => write!(f, "success"),
             Outcome::Error(c) => write!(f, "error {c}"),
@@ -505,7 +526,10 @@ fn spec_fixed(code: i64) -> bool {
 fn agree(case: &Case, reference: &Outcome, ours: &Outcome) -> bool {
     match (reference, ours) {
         (Outcome::Success(r), Outcome::Success(o)) => {
-            r.mtu == o.mtu && r.mode == o.mode && (!case.asks_for_mac() || r.mac == o.mac)
+            r.mtu == o.mtu
+                && r.mode == o.mode
+                && r.networks == o.networks
+                && (!case.asks_for_mac() || r.mac == o.mac)
         }
         (Outcome::Done, Outcome::Done) => true,
         (Outcome::Error(r), Outcome::Error(o)) => !spec_fixed(*r) || r == o,
@@ -804,15 +828,27 @@ impl World {
                 Side::Reference => "macvlan",
                 Side::Ours => "macvtap",
             };
+            let ifname = Self::ifname(case);
             let applied = self
                 .lab
                 .pod
-                .link(Self::ifname(case))
+                .link(ifname)
                 .filter(|l| l.kind.as_deref() == Some(kind))
-                .map(|l| Applied {
-                    mtu: l.mtu,
-                    mode: l.mode,
-                    mac: l.mac,
+                .map(|l| {
+                    let mut networks: Vec<String> = self
+                        .lab
+                        .pod
+                        .addr_cidrs(ifname, "inet")
+                        .iter()
+                        .map(|c| network_of(c))
+                        .collect();
+                    networks.sort();
+                    Applied {
+                        mtu: l.mtu,
+                        mode: l.mode,
+                        mac: l.mac,
+                        networks,
+                    }
                 });
             let del = self.invocation(case, side, "DEL").run();
             return match (applied, del.exit_code) {
@@ -1123,7 +1159,15 @@ fn same_verdicts_as_the_reference_macvlan() {
         combos.len(),
         started.elapsed()
     );
-    eprintln!("verdict pairs (reference, ours): {code_pairs:?}");
+    let with_addresses = verdicts
+        .values()
+        .filter(|v| matches!(&v.ours, Outcome::Success(a) if !a.networks.is_empty()))
+        .filter(|v| matches!(&v.reference, Outcome::Success(a) if !a.networks.is_empty()))
+        .count();
+    eprintln!(
+        "verdict pairs (reference, ours): {code_pairs:?}; both succeeded with IPv4 from IPAM in \
+         {with_addresses} cases"
+    );
     eprintln!(
         "the reference left behind (removed) in {} cases: {reference_leaks:#?}",
         reference_leaks.len()
