@@ -24,7 +24,7 @@
 //! [`KNOWN`] too.
 //!
 //! Run: `cargo test -p macvtap-cni --test differential -- --nocapture`
-//! (root; 12 to 15 s on 2 shared cores).
+//! (root; 12 to 17 s on 2 shared cores).
 
 mod common;
 
