@@ -1,7 +1,7 @@
 //! The network configuration: upstream's keys, then ours, validated once
 //! into a [`Config`] before anything is touched.
 
-use macvtap_net::{MacAddr, MacvtapMode};
+use macvtap_net::{MacAddr, MacError, MacvtapMode};
 use macvtap_state::NodePolicy;
 use serde::Deserialize;
 use serde_json::Value;
@@ -129,6 +129,43 @@ pub fn peek_version(bytes: &[u8]) -> Result<(Value, String)> {
     Ok((value, version))
 }
 
+/// A unicast MAC in any 6-byte form Go's `net.ParseMAC` reads (the
+/// reference plugins and kubevirt's macvtap-cni parse with it): colons,
+/// dashes, or the dotted `0200.5e10.0001`, which [`MacAddr`] does not read
+/// itself and is rewritten to colons first.
+fn parse_mac(s: &str) -> std::result::Result<MacAddr, MacError> {
+    let groups: Vec<&str> = s.split('.').collect();
+    let dotted = groups.len() == 3
+        && groups
+            .iter()
+            .all(|g| g.len() == 4 && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !dotted {
+        return MacAddr::parse_unicast(s);
+    }
+    let hex = groups.concat();
+    let octets: Vec<&str> = (0..6).map(|i| &hex[2 * i..2 * i + 2]).collect();
+    MacAddr::parse_unicast(&octets.join(":")).map_err(|e| match e {
+        // Name the MAC as it was written, not as rewritten.
+        MacError::Multicast(_) => MacError::Multicast(s.to_string()),
+        MacError::Zero(_) => MacError::Zero(s.to_string()),
+        other => other,
+    })
+}
+
+/// The spec's rule for a network name: an ASCII letter or digit, then
+/// letters, digits, `_`, `.` and `-` (code 7 otherwise, as the reference
+/// plugins' library answers).
+fn check_network_name(name: &str) -> Result<()> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "name {name:?} is not a network name: a letter or digit, then letters, digits, '_', '.' or '-'"
+    )))
+}
+
 fn invalid(msg: impl Into<String>) -> CniError {
     err(code::INVALID_CONFIG, msg)
 }
@@ -213,7 +250,21 @@ struct Decoded {
 /// the container its parent holds.
 const OWN_TYPE: &str = "macvtap";
 
-fn decode(value: Value, policy: &NodePolicy, teardown: bool) -> Result<Decoded> {
+fn decode(mut value: Value, policy: &NodePolicy, teardown: bool) -> Result<Decoded> {
+    if teardown {
+        // ADD refuses an ipam section without a plugin name, so nothing was
+        // leased: tear down without it rather than fail a DEL the runtime
+        // would retry forever (the reference reads it as no IPAM).
+        if let Some(obj) = value.as_object_mut() {
+            let typeless = obj
+                .get("ipam")
+                .and_then(Value::as_object)
+                .is_some_and(|i| i.get("type").is_none_or(|t| t.is_null() || t == ""));
+            if typeless {
+                obj.remove("ipam");
+            }
+        }
+    }
     check_types(&value)?;
     let raw: RawConf = serde_json::from_value(value).map_err(|e| {
         err(
@@ -300,6 +351,18 @@ impl Config {
     /// Decode and validate against the node's `policy`. `env` supplies
     /// CNI_ARGS (for `MAC=`).
     pub fn parse(value: Value, env: &Env, policy: &NodePolicy) -> Result<Self> {
+        let cfg = Self::parse_keys(value, env, policy)?;
+        // CNI_ARGS are read for `MAC=` only when no runtimeConfig.mac wins;
+        // malformed ones are refused either way, as the reference does.
+        env.parsed_args()?;
+        // Checked last so that a bad value of another key is the one named.
+        // Not for DEL's teardown: an attachment made before this check
+        // existed must still come off.
+        check_network_name(&cfg.name)?;
+        Ok(cfg)
+    }
+
+    fn parse_keys(value: Value, env: &Env, policy: &NodePolicy) -> Result<Self> {
         let Decoded { raw, version, name } = decode(value, policy, false)?;
         if raw.handover {
             return Self::handover(raw, version, name, policy);
@@ -327,7 +390,7 @@ impl Config {
         let mut source_macs: Vec<MacAddr> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for m in &listed {
-            let mac = MacAddr::parse_unicast(m).map_err(|e| invalid(format!("sourceMacs: {e}")))?;
+            let mac = parse_mac(m).map_err(|e| invalid(format!("sourceMacs: {e}")))?;
             if seen.insert(mac.0) {
                 source_macs.push(mac);
             }
@@ -379,10 +442,7 @@ impl Config {
 
         // Precedence: runtimeConfig.mac, then CNI_ARGS MAC=, then `mac`.
         let mac = if let Some(m) = raw.runtime_config.mac.as_deref() {
-            Some(
-                MacAddr::parse_unicast(m)
-                    .map_err(|e| invalid(format!("runtimeConfig.mac: {e}")))?,
-            )
+            Some(parse_mac(m).map_err(|e| invalid(format!("runtimeConfig.mac: {e}")))?)
         } else if let Some((_, m)) = env
             .parsed_args()?
             .into_iter()
@@ -390,11 +450,11 @@ impl Config {
             .find(|(k, _)| *k == "MAC")
         {
             Some(
-                MacAddr::parse_unicast(m)
+                parse_mac(m)
                     .map_err(|e| err(code::INVALID_ENVIRONMENT, format!("CNI_ARGS MAC: {e}")))?,
             )
         } else if let Some(m) = raw.mac.as_deref() {
-            Some(MacAddr::parse_unicast(m).map_err(|e| invalid(format!("mac: {e}")))?)
+            Some(parse_mac(m).map_err(|e| invalid(format!("mac: {e}")))?)
         } else {
             None
         };
@@ -467,7 +527,7 @@ impl Config {
         let mac = raw
             .mac
             .as_deref()
-            .map(|m| MacAddr::parse_unicast(m).map_err(|e| invalid(format!("mac: {e}"))))
+            .map(|m| parse_mac(m).map_err(|e| invalid(format!("mac: {e}"))))
             .transpose()?;
         Ok(Config {
             version,
@@ -555,6 +615,99 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn malformed_cni_args_are_refused_whichever_mac_wins() {
+        let conf = json!({"cniVersion":"1.0.0","name":"n","master":"eth0",
+                          "runtimeConfig":{"mac":"02:00:00:00:00:01"}});
+        let e = parse(conf.clone(), "IgnoreUnknown=1;garbage").expect_err("a pair without =");
+        assert_eq!(e.code, code::INVALID_ENVIRONMENT);
+        // A MAC= that loses to runtimeConfig.mac is not read.
+        let c = parse(conf, "IgnoreUnknown=1;MAC=zz").expect("losing MAC= unread");
+        assert_eq!(
+            c.mac.map(|m| m.to_string()).as_deref(),
+            Some("02:00:00:00:00:01")
+        );
+    }
+
+    #[test]
+    fn network_names_follow_the_spec() {
+        let with_name = |name: &str| {
+            parse(
+                json!({"cniVersion":"1.0.0","name":name,"master":"eth0"}),
+                "",
+            )
+        };
+        for good in ["n", "7", "dataplane", "vm-net_1.0", "A.b-C_d"] {
+            assert_eq!(with_name(good).expect(good).name, good);
+        }
+        for bad in [
+            "-n", ".n", "_n", "a b", "a/b", "a:b", "n\u{1b}", "né", "a\nb",
+        ] {
+            let e = with_name(bad).expect_err(bad);
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+        }
+        // Another bad key is named first.
+        let e = parse(
+            json!({"cniVersion":"1.0.0","name":"a b","master":"eth0","mtu":5}),
+            "",
+        )
+        .expect_err("mtu 5");
+        assert!(e.msg.contains("mtu"), "{}", e.msg);
+        // DEL tears down without an ipam section that has no plugin name
+        // (ADD refused it: nothing was leased).
+        for ipam in [json!({}), json!({"type": ""}), json!({"type": null})] {
+            let conf = json!({"cniVersion":"1.0.0","name":"n","ipam":ipam});
+            assert!(parse(conf.clone(), "").is_err(), "ADD refuses {ipam}");
+            let c = Config::parse_for_teardown(conf, &NodePolicy::default()).expect("teardown");
+            assert!(c.ipam.is_none(), "{ipam}");
+        }
+        // DEL tears down whatever the name.
+        let c = Config::parse_for_teardown(
+            json!({"cniVersion":"1.0.0","name":"a b"}),
+            &NodePolicy::default(),
+        )
+        .expect("teardown");
+        assert_eq!(c.name, "a b");
+    }
+
+    #[test]
+    fn macs_in_go_forms() {
+        for (written, want) in [
+            ("02:AB:00:00:00:01", "02:ab:00:00:00:01"),
+            ("02-ab-00-00-00-02", "02:ab:00:00:00:02"),
+            ("02ab.0000.0003", "02:ab:00:00:00:03"),
+            ("02AB.0000.0004", "02:ab:00:00:00:04"),
+        ] {
+            assert_eq!(parse_mac(written).map(|m| m.to_string()), Ok(want.into()));
+        }
+        assert_eq!(
+            parse_mac("0100.5e00.0001"),
+            Err(MacError::Multicast("0100.5e00.0001".into()))
+        );
+        assert_eq!(
+            parse_mac("0000.0000.0000"),
+            Err(MacError::Zero("0000.0000.0000".into()))
+        );
+        for bad in [
+            "02ab.0000",
+            "02ab.0000.0003.0004",
+            "02a.b000.0003",
+            "02ab.00g0.0003",
+            "02ab:0000.0003",
+        ] {
+            assert!(
+                matches!(parse_mac(bad), Err(MacError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        let dotted =
+            json!({"cniVersion":"1.0.0","name":"n","master":"eth0","mac":"0200.0000.0005"});
+        assert_eq!(
+            parse(dotted, "").unwrap().mac.unwrap().to_string(),
+            "02:00:00:00:00:05"
+        );
     }
 
     #[test]

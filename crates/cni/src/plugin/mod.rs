@@ -81,10 +81,14 @@ fn dispatch(env: &Env, stdin: &[u8], version: &mut String) -> Result<Option<Valu
     let policy = NodePolicy::load()?;
     let cfg = match Config::parse(value.clone(), env, &policy) {
         // DEL tears down what the record says; a value only ADD needs must
-        // not stop it (a decode error or a bad version still does).
+        // not stop it (a bad version still does, and so does a decode error
+        // that teardown's own, narrower reading finds too).
         Err(e)
             if command == Command::Del
-                && matches!(e.code, code::INVALID_CONFIG | code::INVALID_ENVIRONMENT) =>
+                && matches!(
+                    e.code,
+                    code::INVALID_CONFIG | code::INVALID_ENVIRONMENT | code::DECODE
+                ) =>
         {
             Config::parse_for_teardown(value, &policy)?
         }
