@@ -118,6 +118,9 @@ struct Daemon {
     running_config: Config,
     /// When to read the file after its directory changed.
     debounce: Debounce,
+    /// Sockets this daemon removed itself (a withdrawn resource): their
+    /// deletion events are not a kubelet restart.
+    removed_sockets: BTreeSet<String>,
 }
 
 /// Resources that discovery offers for these links. A link whose name
@@ -314,6 +317,9 @@ impl Daemon {
         self.unregistered.remove(name);
         if let Some(served) = self.served.remove(name) {
             served.stop();
+            if let Some(resource) = self.resources.get(name) {
+                self.removed_sockets.insert(resource.socket_name());
+            }
         }
         let resource = self.resources.remove(name)?;
         resource.retire();
@@ -494,6 +500,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         live: tuning.live,
         running_config: config,
         debounce: Debounce::default(),
+        removed_sockets: BTreeSet::new(),
     };
     if daemon.live.is_some() {
         daemon.debounce.event(Instant::now());
@@ -568,7 +575,9 @@ async fn serve_until_signal(
                     daemon.kubelet_restarted().await?;
                 }
                 Some(DirEvent::Deleted(name)) => {
-                    if daemon.resources.values().any(|r| r.socket_name() == name) {
+                    if !daemon.removed_sockets.remove(&name)
+                        && daemon.resources.values().any(|r| r.socket_name() == name)
+                    {
                         tracing::info!("socket {name} was removed (kubelet restart?)");
                     }
                 }
