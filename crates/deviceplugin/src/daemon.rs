@@ -326,6 +326,56 @@ impl Daemon {
         Some(resource)
     }
 
+    /// Give changed resources their new settings where they are served:
+    /// the kubelet's ListAndWatch streams get the new device list, the
+    /// next Allocates use the new mode and lower device, devices in use
+    /// stay as they are. A resource keeps its ifindex range unless it grew
+    /// into another's.
+    fn change_in_place(&mut self, changed: &[(ResourceConfig, ResourceConfig)], links: &LinkTable) {
+        if changed.is_empty() {
+            return;
+        }
+        let known = NodeConfig {
+            resources: self.resources.values().map(|r| r.to_state()).collect(),
+        };
+        let all: Vec<ResourceConfig> = self
+            .resources
+            .values()
+            .map(|r| {
+                changed
+                    .iter()
+                    .find(|(old, _)| old.name == r.config.name)
+                    .map_or_else(|| r.config.clone(), |(_, new)| new.clone())
+            })
+            .collect();
+        let bases = assign_bases(&known, &all);
+        for (config, base) in all.into_iter().zip(bases) {
+            let Some((old, _)) = changed.iter().find(|(old, _)| old.name == config.name) else {
+                continue;
+            };
+            let Some(running) = self.resources.get(&config.name).cloned() else {
+                continue;
+            };
+            let change = reload::describe_change(old, &config);
+            let moved = (base != running.ifindex_base)
+                .then(|| format!(", ifindexes from {} (was {})", base, running.ifindex_base))
+                .unwrap_or_default();
+            let successor = running.successor(config, base);
+            // The service first: once the kubelet sees a new device, an
+            // Allocate of it must find the new settings.
+            if let Some(served) = self.served.get(&successor.config.name) {
+                served.replace(successor.clone());
+            }
+            self.resources
+                .insert(successor.config.name.clone(), successor.clone());
+            successor.update(links);
+            tracing::info!(
+                resource = %successor.resource_name(),
+                "changed in the configuration: {change}{moved}; ListAndWatch sent the new list, devices in use keep their settings"
+            );
+        }
+    }
+
     /// Write resources.json for the CNI and the list /metrics reports.
     fn persist(&mut self) -> Result<(), DaemonError> {
         if let Ok(mut shared) = self.shared.write() {
@@ -407,25 +457,11 @@ impl Daemon {
                 );
             }
         }
-        for (old, new) in &plan.changed {
-            if let Some(resource) = self.withdraw(&old.name) {
-                tracing::info!(
-                    resource = %resource.resource_name(),
-                    change = %reload::describe_change(old, new),
-                    "changed in the configuration: served and registered again with the new devices; devices in use keep their settings"
-                );
-            }
-        }
+        self.change_in_place(&plan.changed, links);
         let is_discovery = discover.is_some();
         self.discover = discover;
         self.running_config = config;
-        let fresh: Vec<ResourceConfig> = plan
-            .added
-            .iter()
-            .chain(plan.changed.iter().map(|(_, new)| new))
-            .cloned()
-            .collect();
-        let added = self.add_resources(fresh, links)?;
+        let added = self.add_resources(plan.added.clone(), links)?;
         if added.is_empty() {
             self.persist()?;
         }
@@ -435,9 +471,7 @@ impl Daemon {
             self.gone_since.clear();
         }
         for resource in &added {
-            if plan.added.iter().any(|a| a.name == resource.config.name) {
-                tracing::info!(resource = %resource.resource_name(), "added to the configuration");
-            }
+            tracing::info!(resource = %resource.resource_name(), "added to the configuration");
             self.serve(resource)?;
         }
         if !added.is_empty() {

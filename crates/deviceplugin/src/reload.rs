@@ -6,13 +6,21 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
 
 use crate::config::{Config, ConfigError, ResourceConfig};
+use crate::proto::deviceplugin::device_plugin_server::DevicePlugin;
+use crate::proto::deviceplugin::{
+    AllocateRequest, AllocateResponse, DevicePluginOptions, Empty, PreStartContainerRequest,
+    PreStartContainerResponse, PreferredAllocationRequest, PreferredAllocationResponse,
+};
+use crate::resource::Resource;
+use crate::service::PluginService;
 
 /// A change is read once the directory has been quiet this long: an
 /// editor's write-then-rename, or the kubelet's new timestamped directory
@@ -157,7 +165,7 @@ pub struct Plan {
     pub added: Vec<ResourceConfig>,
     /// Resources no longer configured: their sockets go.
     pub removed: Vec<String>,
-    /// Resources whose settings differ: (running, wanted).
+    /// Resources whose settings differ, updated in place: (running, wanted).
     pub changed: Vec<(ResourceConfig, ResourceConfig)>,
 }
 
@@ -296,6 +304,76 @@ impl ReloadStatus {
              macvtap_deviceplugin_config_last_reload_success {}\n",
             u8::from(self.last_succeeded())
         )
+    }
+}
+
+/// A resource's DevicePlugin service whose resource can be replaced while
+/// it is served: a changed resource keeps its socket, the kubelet's
+/// connection and its ListAndWatch stream (which gets the new list), and
+/// the next Allocate uses the new settings. No re-registration: the
+/// kubelet handles a plugin's stream ending after its re-registration as
+/// the new plugin leaving.
+#[derive(Debug, Clone)]
+pub struct LiveService(Arc<RwLock<PluginService>>);
+
+impl LiveService {
+    pub fn new(service: PluginService) -> LiveService {
+        LiveService(Arc::new(RwLock::new(service)))
+    }
+
+    /// Calls from now on are served for `resource`; calls under way finish
+    /// with the resource they started with.
+    pub fn replace(&self, resource: Arc<Resource>) {
+        if let Ok(mut current) = self.0.write() {
+            current.resource = resource;
+        }
+    }
+
+    fn current(&self) -> Result<PluginService, Status> {
+        self.0
+            .read()
+            .map(|s| s.clone())
+            .map_err(|_| Status::internal("the resource's service is unusable"))
+    }
+}
+
+#[tonic::async_trait]
+impl DevicePlugin for LiveService {
+    type ListAndWatchStream = <PluginService as DevicePlugin>::ListAndWatchStream;
+
+    async fn get_device_plugin_options(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
+        self.current()?.get_device_plugin_options(request).await
+    }
+
+    async fn list_and_watch(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
+        self.current()?.list_and_watch(request).await
+    }
+
+    async fn get_preferred_allocation(
+        &self,
+        request: Request<PreferredAllocationRequest>,
+    ) -> Result<Response<PreferredAllocationResponse>, Status> {
+        self.current()?.get_preferred_allocation(request).await
+    }
+
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        self.current()?.allocate(request).await
+    }
+
+    async fn pre_start_container(
+        &self,
+        request: Request<PreStartContainerRequest>,
+    ) -> Result<Response<PreStartContainerResponse>, Status> {
+        self.current()?.pre_start_container(request).await
     }
 }
 

@@ -221,8 +221,8 @@ async fn configmap_updates_add_change_and_remove_resources_and_survive_a_broken_
         Some("bridge")
     );
 
-    // Capacity up: the kubelet gets the new list (a new registration and
-    // ListAndWatch; the old stream ends).
+    // Capacity up: the kubelet's open ListAndWatch stream gets the new
+    // list; no re-registration, same socket.
     let seen = world.kubelet.registrations().len();
     let swapped = cm.update(
         &json!([
@@ -231,29 +231,27 @@ async fn configmap_updates_add_change_and_remove_resources_and_survive_a_broken_
         ])
         .to_string(),
     );
-    registration_of(&world, &dp, "a", seen).await;
-    let (wa2, up) = kubelet_watches(&world, "a").await;
-    let took = up.at.duration_since(swapped);
+    let up = wa
+        .wait_for("4 devices", SLOW, |d| ids(d) == expected_ids("a", 4))
+        .await;
     measured(
-        "ConfigMap swap -> grown capacity's list at the kubelet",
-        took,
+        "ConfigMap swap -> grown capacity's ListAndWatch update at the kubelet",
+        up.at.duration_since(swapped),
     );
-    assert_eq!(ids(&up.devices), expected_ids("a", 4));
-    assert!(
-        poll_until(SLOW, || wa.ended().is_some()).await.is_ok(),
-        "a's old ListAndWatch stream still open"
-    );
+    assert!(all(&up.devices, HEALTHY), "{}", describe(&up.devices));
     assert_eq!(world.ifindex_base("a"), base_a, "a grew in place");
     assert_eq!(world.resource_entry("a")["capacity"], 4);
-    assert!(
-        wb.ended().is_none() && wb.updates().len() == 1,
-        "b was not changed but its stream saw {:?}",
-        wb.ended()
-    );
-    drop(wa);
+    // a's new devices can be allocated on the kubelet's connection.
+    let mut ca = world.client("a").await;
+    within(
+        "Allocate a-3",
+        SLOW,
+        ca.allocate(allocate_request(&[&["a-3"]])),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("Allocate a-3 after growing: {e}\n{}", dp.logs()));
 
     // Capacity down.
-    let seen = world.kubelet.registrations().len();
     let swapped = cm.update(
         &json!([
             {"name": "a", "lowerDevice": LOWER, "capacity": 1},
@@ -261,47 +259,51 @@ async fn configmap_updates_add_change_and_remove_resources_and_survive_a_broken_
         ])
         .to_string(),
     );
-    registration_of(&world, &dp, "a", seen).await;
-    let (wa3, down) = kubelet_watches(&world, "a").await;
+    let down = wa
+        .wait_for("1 device", SLOW, |d| ids(d) == expected_ids("a", 1))
+        .await;
     measured(
-        "ConfigMap swap -> shrunk capacity's list at the kubelet",
+        "ConfigMap swap -> shrunk capacity's ListAndWatch update at the kubelet",
         down.at.duration_since(swapped),
     );
-    assert_eq!(ids(&down.devices), expected_ids("a", 1));
-    assert!(poll_until(SLOW, || wa2.ended().is_some()).await.is_ok());
-    drop(wa2);
+    let refused = within(
+        "Allocate a-3",
+        SLOW,
+        ca.allocate(allocate_request(&[&["a-3"]])),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a-3 allocated after shrinking to 1: {refused:?}"
+    );
 
     // Mode and lower device of b: new Allocates use them; the device in
-    // use keeps its settings.
-    let seen = world.kubelet.registrations().len();
-    cm.update(
+    // use keeps its settings. b-0's ifindex is held by that device, on the
+    // old lower device: not a device of the new settings, so it is
+    // Unhealthy until its pod lets it go.
+    let swapped = cm.update(
         &json!([
             {"name": "a", "lowerDevice": LOWER, "capacity": 1},
             {"name": "b", "lowerDevice": "up9", "mode": "vepa", "capacity": 3, "attach": "host"},
         ])
         .to_string(),
     );
-    registration_of(&world, &dp, "b", seen).await;
-    let (_wb2, changed) = kubelet_watches(&world, "b").await;
-    // b-0's ifindex is held by the macvtap in use, on the old lower
-    // device: not a device of the new settings, so not offered again
-    // until that pod lets it go.
-    let health: Vec<(String, String)> = changed
-        .devices
-        .iter()
-        .map(|d| (d.id.clone(), d.health.clone()))
-        .collect();
-    assert_eq!(
-        health,
-        [("b-0", UNHEALTHY), ("b-1", HEALTHY), ("b-2", HEALTHY)]
-            .map(|(i, h)| (i.to_string(), h.to_string())),
-        "{}",
-        describe(&changed.devices)
+    let changed = wb
+        .wait_for("b-0 held on the old lower device", SLOW, |d| {
+            d.iter().map(|d| (d.id.as_str(), d.health.as_str())).eq([
+                ("b-0", UNHEALTHY),
+                ("b-1", HEALTHY),
+                ("b-2", HEALTHY),
+            ])
+        })
+        .await;
+    measured(
+        "ConfigMap swap -> lower device change's ListAndWatch update at the kubelet",
+        changed.at.duration_since(swapped),
     );
     assert_eq!(world.resource_entry("b")["lowerDevice"], "up9");
     assert_eq!(world.resource_entry("b")["mode"], "vepa");
     assert_eq!(world.ifindex_base("b"), base_b);
-    let mut cb = world.client("b").await;
     within(
         "Allocate b-1",
         SLOW,
@@ -314,8 +316,13 @@ async fn configmap_updates_add_change_and_remove_resources_and_survive_a_broken_
     assert!(fresh.json.to_string().contains("up9"), "{}", fresh.json);
     let old = lab.node.expect_link(&in_use);
     assert_eq!(old.mode.as_deref(), Some("bridge"), "{}", old.json);
-    assert!(poll_until(SLOW, || wb.ended().is_some()).await.is_ok());
-    drop(wb);
+    assert_eq!(
+        world.kubelet.registrations().len(),
+        seen,
+        "a change re-registered: {:#?}",
+        world.kubelet.registrations()
+    );
+    assert!(wa.ended().is_none() && wb.ended().is_none());
 
     // A broken edit: nothing changes, it is logged (file, key, line and
     // column), counted, and /healthz stays healthy.
@@ -344,10 +351,9 @@ async fn configmap_updates_add_change_and_remove_resources_and_survive_a_broken_
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(world.kubelet.registrations().len(), registrations);
     assert!(world.socket("a").exists() && world.socket("b").exists());
-    assert!(wa3.ended().is_none(), "a's stream ended on a broken edit");
+    assert!(wa.ended().is_none(), "a's stream ended on a broken edit");
 
-    // Removed: b's socket goes, its stream ended already with the change;
-    // the device in use stays. The fix also counts as a good reload.
+    // Removed: b's socket goes, its stream ends; the device in use stays. The fix also counts as a good reload.
     cm.update(&json!([{"name": "a", "lowerDevice": LOWER, "capacity": 1}]).to_string());
     let only_a = || {
         world.resources_json()["resources"]
@@ -360,11 +366,15 @@ async fn configmap_updates_add_change_and_remove_resources_and_survive_a_broken_
     .await;
     assert!(!world.socket("b").exists(), "b's socket is still there");
     assert!(
+        poll_until(SLOW, || wb.ended().is_some()).await.is_ok(),
+        "b's ListAndWatch stream still open after its removal"
+    );
+    assert!(
         lab.node.link(&in_use).is_some(),
         "the device in use was removed"
     );
     assert!(world.socket("a").exists());
-    assert!(wa3.ended().is_none(), "a's stream ended when b was removed");
+    assert!(wa.ended().is_none(), "a's stream ended when b was removed");
     let (_, text) = http_get(&node, metrics, "/metrics");
     assert_eq!(sample(&text, LAST_OK), Some(1.0), "{text}");
     assert_eq!(sample(&text, RELOADS_ERR), Some(1.0), "{text}");
@@ -392,6 +402,7 @@ async fn a_rapid_series_of_edits_ends_in_the_last_one() {
     let mut dp = live_cmd(&world, &cm.path(), "127.0.0.1:9812").spawn();
     registration_of(&world, &dp, "a", 0).await;
     let seen = world.kubelet.registrations().len();
+    let (w, _) = kubelet_watches(&world, "a").await;
     // 30 updates, 5 ms apart, some of them broken.
     let burst = Instant::now();
     let mut swapped = burst;
@@ -412,26 +423,23 @@ async fn a_rapid_series_of_edits_ends_in_the_last_one() {
         || dp.logs(),
     )
     .await;
-    let last = registration_of(&world, &dp, "a", seen).await;
-    let (_w, list) = kubelet_watches(&world, "a").await;
-    assert_eq!(ids(&list.devices), expected_ids("a", 31));
+    let list = w
+        .wait_for("31 devices", SLOW, |d| ids(d) == expected_ids("a", 31))
+        .await;
     measured(
-        "last of 30 rapid ConfigMap swaps -> its list at the kubelet",
+        "last of 30 rapid ConfigMap swaps -> its ListAndWatch update at the kubelet",
         list.at.duration_since(swapped),
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let again: Vec<_> = world.kubelet.registrations()[seen..].to_vec();
+    let lists: Vec<usize> = w.updates().iter().map(|u| u.devices.len()).collect();
     println!(
-        "30 edits in {:?} -> {} registration(s) of a (first at #{last})",
-        swapped.duration_since(burst),
-        again.len()
+        "30 edits in {:?} -> ListAndWatch lists of {lists:?} devices",
+        swapped.duration_since(burst)
     );
-    // Debounced: far fewer re-registrations than edits.
-    assert!(
-        again.len() <= 6,
-        "{} registrations for 30 edits",
-        again.len()
-    );
+    // Debounced: far fewer updates than edits, and the last one stays.
+    assert!(lists.len() <= 6, "{} updates for 30 edits", lists.len());
+    assert_eq!(lists.last(), Some(&31));
+    assert_eq!(world.kubelet.registrations().len(), seen);
     dp.assert_running("after the rapid edits");
 }
 
@@ -476,24 +484,23 @@ async fn a_plain_file_edited_in_place_or_renamed_over_and_the_env_var_ignored() 
         dp.logs()
     );
 
+    let (w, _) = kubelet_watches(&world, "a").await;
     // In place (truncate and write, as `echo > file`).
-    let seen = world.kubelet.registrations().len();
     let t = Instant::now();
     fs::write(
         &path,
         json!([{"name": "a", "lowerDevice": LOWER, "capacity": 3}]).to_string(),
     )
     .expect("write");
-    registration_of(&world, &dp, "a", seen).await;
-    let (_w, list) = kubelet_watches(&world, "a").await;
-    assert_eq!(ids(&list.devices), expected_ids("a", 3));
+    let list = w
+        .wait_for("3 devices", SLOW, |d| ids(d) == expected_ids("a", 3))
+        .await;
     measured(
         "in-place write -> new list at the kubelet",
         list.at.duration_since(t),
     );
 
     // An editor's save: a new file renamed over the old one.
-    let seen = world.kubelet.registrations().len();
     let tmp = dir.join(".resources.json.swp");
     fs::write(
         &tmp,
@@ -501,9 +508,8 @@ async fn a_plain_file_edited_in_place_or_renamed_over_and_the_env_var_ignored() 
     )
     .expect("write");
     fs::rename(&tmp, &path).expect("rename over");
-    registration_of(&world, &dp, "a", seen).await;
-    let (_w, list) = kubelet_watches(&world, "a").await;
-    assert_eq!(ids(&list.devices), expected_ids("a", 5));
+    w.wait_for("5 devices", SLOW, |d| ids(d) == expected_ids("a", 5))
+        .await;
 
     // Deleted: a refused change, the resources stay.
     fs::remove_file(&path).expect("remove");
