@@ -357,9 +357,11 @@ impl Daemon {
                 continue;
             };
             let change = reload::describe_change(old, &config);
-            let moved = (base != running.ifindex_base)
-                .then(|| format!(", ifindexes from {} (was {})", base, running.ifindex_base))
-                .unwrap_or_default();
+            let moved = if base == running.ifindex_base {
+                String::new()
+            } else {
+                format!(", ifindexes from {base} (was {})", running.ifindex_base)
+            };
             let successor = running.successor(config, base);
             // The service first: once the kubelet sees a new device, an
             // Allocate of it must find the new settings.
