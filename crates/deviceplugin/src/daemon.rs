@@ -512,7 +512,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
     // an edit from now on is seen (the first read below catches one made
     // since the file was read at start).
     let mut config_events = match &tuning.live {
-        Some(file) => Some(reload::watch(&file.path)?),
+        Some(file) => Some(reload::watch(file)?),
         None => None,
     };
     let mut daemon = Daemon {

@@ -214,12 +214,11 @@ fn main() -> ExitCode {
     }
     let discover_kinds = std::env::var("DP_MACVTAP_DISCOVER_KINDS").ok();
     let discover_skip_enslaved = std::env::var("DP_MACVTAP_DISCOVER_SKIP_ENSLAVED").ok();
-    let live = args.config_file.clone().map(|path| ConfigFile {
-        path,
-        discover_kinds: discover_kinds.clone(),
-        discover_skip_enslaved: discover_skip_enslaved.clone(),
-    });
-    let parsed = match &live {
+    let mut live = args
+        .config_file
+        .clone()
+        .map(|path| ConfigFile::new(path, discover_kinds.clone(), discover_skip_enslaved.clone()));
+    let parsed = match &mut live {
         Some(file) => {
             if std::env::var_os("DP_MACVTAP_CONF").is_some() {
                 tracing::info!(
@@ -227,7 +226,9 @@ fn main() -> ExitCode {
                     "DP_MACVTAP_CONF is set but ignored: --config-file wins"
                 );
             }
-            file.load().map_err(|e| macvtap_net::error_chain(&e))
+            file.pin_directory()
+                .and_then(|()| file.load())
+                .map_err(|e| macvtap_net::error_chain(&e))
         }
         None => Config::parse_all(
             std::env::var("DP_MACVTAP_CONF").ok().as_deref(),

@@ -4,7 +4,7 @@
 //! configuration running; the outcome of every reload is counted here for
 //! /metrics.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -57,12 +57,64 @@ pub enum ReloadError {
 /// latter from the environment, read once at start).
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
+    /// The path as given (shown in messages).
     pub path: PathBuf,
     pub discover_kinds: Option<String>,
     pub discover_skip_enslaved: Option<String>,
+    /// The file's directory, opened at start: read and watched through it
+    /// once the daemon has joined the host's mount namespace, where the
+    /// container's path means nothing.
+    dir: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl ConfigFile {
+    pub fn new(
+        path: PathBuf,
+        discover_kinds: Option<String>,
+        discover_skip_enslaved: Option<String>,
+    ) -> ConfigFile {
+        ConfigFile {
+            path,
+            discover_kinds,
+            discover_skip_enslaved,
+            dir: None,
+        }
+    }
+
+    /// Open the file's directory, before the daemon changes mount
+    /// namespace (`--host-mounts`); from then on the file is reached
+    /// through `/proc/self/fd`.
+    pub fn pin_directory(&mut self) -> Result<(), ReloadError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.given_dir();
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&dir)
+            .map_err(|source| ReloadError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+        self.dir = Some(Arc::new(opened.into()));
+        Ok(())
+    }
+
+    fn given_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// The directory to watch and read in, in this mount namespace.
+    pub fn directory(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        match &self.dir {
+            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            None => self.given_dir(),
+        }
+    }
+
     /// The ConfigMap key the file holds: its name.
     pub fn key(&self) -> String {
         self.path
@@ -72,10 +124,13 @@ impl ConfigFile {
 
     /// Read and parse the file (through the ConfigMap's symlinks).
     pub fn load(&self) -> Result<Config, ReloadError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| ReloadError::Read {
-            path: self.path.clone(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(self.directory().join(self.key())).map_err(|source| {
+                ReloadError::Read {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
         let origin = format!("{} (key {})", self.path.display(), self.key());
         Ok(Config::parse_from(
             &origin,
@@ -90,13 +145,10 @@ impl ConfigFile {
 /// swap, an editor's rename-over, an in-place write) sends a notice. The
 /// directory, not the file: a watch on the file would follow the inode the
 /// old symlink pointed at, which the kubelet deletes.
-pub fn watch(path: &Path) -> Result<mpsc::UnboundedReceiver<()>, ReloadError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+pub fn watch(file: &ConfigFile) -> Result<mpsc::UnboundedReceiver<()>, ReloadError> {
+    let dir = file.directory();
     let failed = |source| ReloadError::Watch {
-        dir: dir.clone(),
+        dir: file.given_dir(),
         source,
     };
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC).map_err(failed)?;
@@ -461,11 +513,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("macvtap-reload-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("DP_MACVTAP_CONF");
-        let file = ConfigFile {
-            path: path.clone(),
-            discover_kinds: None,
-            discover_skip_enslaved: None,
-        };
+        let mut file = ConfigFile::new(path.clone(), None, None);
+        file.pin_directory().expect("open the directory");
         let missing = file.load().expect_err("missing file");
         assert!(matches!(missing, ReloadError::Read { .. }), "{missing}");
         std::fs::write(&path, "[{\"name\": \"a\",\n \"lowerDevice\": }]").expect("write");
