@@ -393,12 +393,11 @@ async fn configmap_updates_add_change_and_remove_resources_and_survive_a_broken_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_series_of_edits_ends_in_the_last_one() {
-    let world = World::new("dp-live-rapid");
-    let lab = &world.lab;
+    let mut world = World::new("dp-live-rapid");
     let conf = |capacity: u32| {
         json!([{"name": "a", "lowerDevice": LOWER, "capacity": capacity}]).to_string()
     };
-    let mut cm = ConfigMapVolume::new(lab.dir.subdir("config"), &conf(1));
+    let mut cm = ConfigMapVolume::new(world.lab.dir.subdir("config"), &conf(1));
     let mut dp = live_cmd(&world, &cm.path(), "127.0.0.1:9812").spawn();
     registration_of(&world, &dp, "a", 0).await;
     let seen = world.kubelet.registrations().len();
@@ -441,6 +440,14 @@ async fn a_rapid_series_of_edits_ends_in_the_last_one() {
     assert_eq!(lists.last(), Some(&31));
     assert_eq!(world.kubelet.registrations().len(), seen);
     dp.assert_running("after the rapid edits");
+
+    // A kubelet restart after the changes: served and registered again
+    // with the settings in effect.
+    drop(w);
+    world.kubelet.restart();
+    registration_of(&world, &dp, "a", seen).await;
+    let (_w, list) = kubelet_watches(&world, "a").await;
+    assert_eq!(ids(&list.devices), expected_ids("a", 31));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
