@@ -2,7 +2,7 @@
 //! (a ConfigMap mounted as a volume) and applies every change while the
 //! kubelet stand-in watches: resources added, removed, changed (capacity,
 //! mode, lower device), broken edits, rapid series of edits, plain edits
-//! in place and editors' rename-over.
+//! in place and editors' rename-over, switching to discovery and back.
 
 mod common;
 
@@ -529,4 +529,44 @@ async fn a_plain_file_edited_in_place_or_renamed_over_and_the_env_var_ignored() 
     .await;
     assert!(world.socket("a").exists());
     dp.assert_running("after the edits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_between_a_list_and_discovery() {
+    let world = World::new("dp-live-disc");
+    let mut cm = ConfigMapVolume::new(
+        world.lab.dir.subdir("config"),
+        &json!([{"name": "a", "lowerDevice": LOWER, "capacity": 2}]).to_string(),
+    );
+    // Discovery offers veths here (the lab's uplink is one).
+    let mut dp = live_cmd(&world, &cm.path(), "127.0.0.1:9814")
+        .env("DP_MACVTAP_DISCOVER_KINDS", "veth")
+        .spawn();
+    registration_of(&world, &dp, "a", 0).await;
+    let (wa, _) = kubelet_watches(&world, "a").await;
+
+    // `[]`: a goes, the uplink's own resource comes.
+    let seen = world.kubelet.registrations().len();
+    cm.update("[]");
+    registration_of(&world, &dp, LOWER, seen).await;
+    let (_wl, list) = kubelet_watches(&world, LOWER).await;
+    assert_eq!(ids(&list.devices), expected_ids(LOWER, 100));
+    assert!(poll_until(SLOW, || wa.ended().is_some()).await.is_ok());
+    assert!(!world.socket("a").exists());
+
+    // Back to a list: discovery's resource goes, a comes back (a new
+    // resource to the kubelet, registered again).
+    let seen = world.kubelet.registrations().len();
+    cm.update(&json!([{"name": "a", "lowerDevice": LOWER, "capacity": 2}]).to_string());
+    registration_of(&world, &dp, "a", seen).await;
+    wait_until(
+        "the discovered resource withdrawn",
+        SLOW,
+        || !world.socket(LOWER).exists(),
+        || dp.logs(),
+    )
+    .await;
+    let (_wa, list) = kubelet_watches(&world, "a").await;
+    assert_eq!(ids(&list.devices), expected_ids("a", 2));
+    dp.assert_running("after switching");
 }
