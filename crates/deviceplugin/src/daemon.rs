@@ -423,18 +423,22 @@ impl Daemon {
         }
         let changes = self.apply(config, links).await;
         match &changes {
-            Ok(()) => STATUS.succeeded(),
+            Ok(()) => {
+                STATUS.succeeded();
+                tracing::info!(
+                    took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "configuration file applied"
+                );
+            }
+            // Serving or persisting failed: the daemon exits with this
+            // error and its restart reads the file afresh.
             Err(e) => STATUS.failed(macvtap_net::error_chain(e)),
         }
-        tracing::info!(
-            took_ms = started.elapsed().as_secs_f64() * 1e3,
-            "configuration file applied"
-        );
         changes
     }
 
-    /// Make the offered resources those of `config`: remove, add, and
-    /// replace (withdraw, then serve and register anew) changed ones.
+    /// Make the offered resources those of `config`: withdraw removed ones,
+    /// update changed ones in place, serve and register added ones.
     async fn apply(&mut self, config: Config, links: &LinkTable) -> Result<(), DaemonError> {
         let (mut wanted, discover) = match &config {
             Config::Static(resources) => (resources.clone(), None),
