@@ -1,5 +1,6 @@
-//! `DP_MACVTAP_CONF`, `DP_MACVTAP_DISCOVER_KINDS` and
-//! `DP_MACVTAP_DISCOVER_SKIP_ENSLAVED`, validated at start.
+//! `DP_MACVTAP_CONF` (or the file `--config-file` names),
+//! `DP_MACVTAP_DISCOVER_KINDS` and `DP_MACVTAP_DISCOVER_SKIP_ENSLAVED`,
+//! validated at start and, for the file, at every change.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -21,16 +22,22 @@ pub enum ConfigError {
         "DP_MACVTAP_CONF is not set: give a JSON array of resources, or [] to discover uplinks"
     )]
     Unset,
-    /// Not JSON, or not of the expected shape.
-    #[error("DP_MACVTAP_CONF: {msg} at line {line}, column {column}")]
+    /// Not JSON, or not of the expected shape. `origin` is where the JSON
+    /// came from: `DP_MACVTAP_CONF` or the configuration file.
+    #[error("{origin}: {msg} at line {line}, column {column}")]
     Syntax {
+        origin: String,
         msg: String,
         line: usize,
         column: usize,
     },
     /// One resource is wrong.
-    #[error("DP_MACVTAP_CONF: resource {name:?}: {why}")]
-    Resource { name: String, why: String },
+    #[error("{origin}: resource {name:?}: {why}")]
+    Resource {
+        origin: String,
+        name: String,
+        why: String,
+    },
     /// A discovery kind is unknown.
     #[error("DP_MACVTAP_DISCOVER_KINDS: unknown kind {0:?} (want physical, bond, team, vlan, bridge, vxlan, veth or macvlan)")]
     Kind(String),
@@ -150,13 +157,18 @@ struct RawResource {
 
 /// Check one resource's keys and their types, so that an error names the
 /// resource and the key (serde alone would say "expected i64" and no more).
-fn typed_resource(i: usize, value: serde_json::Value) -> Result<RawResource, ConfigError> {
+fn typed_resource(
+    origin: &str,
+    i: usize,
+    value: serde_json::Value,
+) -> Result<RawResource, ConfigError> {
     let label = value
         .get("name")
         .and_then(|n| n.as_str())
         .filter(|n| !n.is_empty())
         .map_or_else(|| format!("#{i}"), str::to_string);
     let bad = |why: String| ConfigError::Resource {
+        origin: origin.to_string(),
         name: label.clone(),
         why,
     };
@@ -241,8 +253,20 @@ impl Config {
         skip_enslaved: Option<&str>,
     ) -> Result<Config, ConfigError> {
         let conf = conf.ok_or(ConfigError::Unset)?;
+        Self::parse_from("DP_MACVTAP_CONF", conf, kinds, skip_enslaved)
+    }
+
+    /// Parse the resources' JSON from `origin` (named in errors: the
+    /// variable, or the configuration file) and the discovery variables.
+    pub fn parse_from(
+        origin: &str,
+        conf: &str,
+        kinds: Option<&str>,
+        skip_enslaved: Option<&str>,
+    ) -> Result<Config, ConfigError> {
         let values: Vec<serde_json::Value> =
             serde_json::from_str(conf).map_err(|e| ConfigError::Syntax {
+                origin: origin.to_string(),
                 msg: e
                     .to_string()
                     .split(" at line ")
@@ -255,7 +279,7 @@ impl Config {
         let raw = values
             .into_iter()
             .enumerate()
-            .map(|(i, v)| typed_resource(i, v))
+            .map(|(i, v)| typed_resource(origin, i, v))
             .collect::<Result<Vec<RawResource>, ConfigError>>()?;
         if raw.is_empty() {
             let kinds = match kinds {
@@ -276,6 +300,7 @@ impl Config {
         for (i, r) in raw.into_iter().enumerate() {
             let name = r.name.unwrap_or_default();
             let bad = |why: String| ConfigError::Resource {
+                origin: origin.to_string(),
                 name: if name.is_empty() {
                     format!("#{i}")
                 } else {

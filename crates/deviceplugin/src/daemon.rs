@@ -15,6 +15,7 @@ use crate::allocate::Allocator;
 use crate::config::{valid_resource_name, Config, Discovery, ResourceConfig, DEFAULT_CAPACITY};
 use crate::kubelet::{register, watch_dir, DirEvent, Served, KUBELET_SOCKET};
 use crate::links::{watch_links, HostLink, LinkTable};
+use crate::reload::{self, ConfigFile, Debounce, ReloadError, STATUS};
 use crate::resource::{assign_bases, Counters, Resource};
 use crate::{metrics, sweep};
 
@@ -34,6 +35,8 @@ pub struct Paths {
 pub struct Tuning {
     /// Discovery: a resource whose link has been gone this long is retired.
     pub retire_after: Duration,
+    /// The configuration came from this file: follow it and apply changes.
+    pub live: Option<ConfigFile>,
 }
 
 /// A short-lived link's resource (a veth of a test, a USB NIC unplugged)
@@ -45,6 +48,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             retire_after: DEFAULT_RETIRE_AFTER,
+            live: None,
         }
     }
 }
@@ -89,6 +93,9 @@ pub enum DaemonError {
     /// The CDI spec directory is unusable or a spec cannot be written.
     #[error("CDI")]
     Cdi(#[from] crate::cdi::CdiError),
+    /// The configuration file cannot be followed.
+    #[error("live configuration")]
+    Reload(#[from] ReloadError),
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
@@ -110,6 +117,15 @@ struct Daemon {
     /// Discovered resources whose link is gone, and since when.
     gone_since: BTreeMap<String, Instant>,
     retire_after: Duration,
+    /// The configuration file followed, if any.
+    live: Option<ConfigFile>,
+    /// The configuration applied last (the file's last good content).
+    running_config: Config,
+    /// When to read the file after its directory changed.
+    debounce: Debounce,
+    /// Sockets this daemon removed itself (a withdrawn resource): their
+    /// deletion events are not a kubelet restart.
+    removed_sockets: BTreeSet<String>,
 }
 
 /// Resources that discovery offers for these links. A link whose name
@@ -287,13 +303,7 @@ impl Daemon {
             return Ok(());
         }
         for name in &due {
-            self.gone_since.remove(name);
-            self.unregistered.remove(name);
-            if let Some(served) = self.served.remove(name) {
-                served.stop();
-            }
-            if let Some(resource) = self.resources.remove(name) {
-                resource.retire();
+            if let Some(resource) = self.withdraw(name) {
                 tracing::info!(
                     resource = %resource.resource_name(),
                     after_s = self.retire_after.as_secs_f64(),
@@ -301,6 +311,81 @@ impl Daemon {
                 );
             }
         }
+        self.persist()
+    }
+
+    /// Stop offering a resource: its socket goes (the kubelet takes that as
+    /// the plugin leaving and stops offering its devices to new pods), its
+    /// ListAndWatch streams end. Devices pods hold are not touched: they
+    /// keep working until their pods go. Call [`Daemon::persist`] after.
+    fn withdraw(&mut self, name: &str) -> Option<Arc<Resource>> {
+        self.gone_since.remove(name);
+        self.unregistered.remove(name);
+        if let Some(served) = self.served.remove(name) {
+            served.stop();
+            if let Some(resource) = self.resources.get(name) {
+                self.removed_sockets.insert(resource.socket_name());
+            }
+        }
+        let resource = self.resources.remove(name)?;
+        resource.retire();
+        Some(resource)
+    }
+
+    /// Give changed resources their new settings where they are served:
+    /// the kubelet's ListAndWatch streams get the new device list, the
+    /// next Allocates use the new mode and lower device, devices in use
+    /// stay as they are. A resource keeps its ifindex range unless it grew
+    /// into another's.
+    fn change_in_place(&mut self, changed: &[(ResourceConfig, ResourceConfig)], links: &LinkTable) {
+        if changed.is_empty() {
+            return;
+        }
+        let known = NodeConfig {
+            resources: self.resources.values().map(|r| r.to_state()).collect(),
+        };
+        let all: Vec<ResourceConfig> = self
+            .resources
+            .values()
+            .map(|r| {
+                changed
+                    .iter()
+                    .find(|(old, _)| old.name == r.config.name)
+                    .map_or_else(|| r.config.clone(), |(_, new)| new.clone())
+            })
+            .collect();
+        let bases = assign_bases(&known, &all);
+        for (config, base) in all.into_iter().zip(bases) {
+            let Some((old, _)) = changed.iter().find(|(old, _)| old.name == config.name) else {
+                continue;
+            };
+            let Some(running) = self.resources.get(&config.name).cloned() else {
+                continue;
+            };
+            let change = reload::describe_change(old, &config);
+            let moved = if base == running.ifindex_base {
+                String::new()
+            } else {
+                format!(", ifindexes from {base} (was {})", running.ifindex_base)
+            };
+            let successor = running.successor(config, base);
+            // The service first: once the kubelet sees a new device, an
+            // Allocate of it must find the new settings.
+            if let Some(served) = self.served.get(&successor.config.name) {
+                served.replace(successor.clone());
+            }
+            self.resources
+                .insert(successor.config.name.clone(), successor.clone());
+            successor.update(links);
+            tracing::info!(
+                resource = %successor.resource_name(),
+                "changed in the configuration: {change}{moved}; ListAndWatch sent the new list, devices in use keep their settings"
+            );
+        }
+    }
+
+    /// Write resources.json for the CNI and the list /metrics reports.
+    fn persist(&mut self) -> Result<(), DaemonError> {
         if let Ok(mut shared) = self.shared.write() {
             *shared = self.resources.values().cloned().collect();
         }
@@ -308,6 +393,103 @@ impl Daemon {
             resources: self.resources.values().map(|r| r.to_state()).collect(),
         })?;
         self.allocator.sync_cdi(self.resources.values())?;
+        Ok(())
+    }
+
+    /// The configuration file's directory changed: read the file and apply
+    /// what differs from the running configuration. A file that cannot be
+    /// read or parsed changes nothing; it is logged and counted.
+    async fn reload(&mut self, links: &LinkTable) -> Result<(), DaemonError> {
+        let Some(file) = self.live.clone() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let config = match file.load() {
+            Ok(config) => config,
+            Err(e) => {
+                let why = macvtap_net::error_chain(&e);
+                // The same broken content seen again (another event on the
+                // directory) is one refusal, not several.
+                if STATUS.last_error().as_deref() != Some(why.as_str()) {
+                    tracing::error!(
+                        file = %file.path.display(),
+                        key = %file.key(),
+                        "configuration change refused, the last good configuration stays in effect: {why}"
+                    );
+                    STATUS.failed(why);
+                }
+                return Ok(());
+            }
+        };
+        if config == self.running_config {
+            if !STATUS.last_succeeded() {
+                tracing::info!(file = %file.path.display(), "configuration file valid again, equal to the one in effect");
+                STATUS.succeeded();
+            }
+            return Ok(());
+        }
+        let changes = self.apply(config, links).await;
+        match &changes {
+            Ok(()) => {
+                STATUS.succeeded();
+                tracing::info!(
+                    took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "configuration file applied"
+                );
+            }
+            // Serving or persisting failed: the daemon exits with this
+            // error and its restart reads the file afresh.
+            Err(e) => STATUS.failed(macvtap_net::error_chain(e)),
+        }
+        changes
+    }
+
+    /// Make the offered resources those of `config`: withdraw removed ones,
+    /// update changed ones in place, serve and register added ones.
+    async fn apply(&mut self, config: Config, links: &LinkTable) -> Result<(), DaemonError> {
+        let (mut wanted, discover) = match &config {
+            Config::Static(resources) => (resources.clone(), None),
+            Config::Discover(discovery) => {
+                (discovered(links.iter(), discovery), Some(discovery.clone()))
+            }
+        };
+        if discover.is_some() && self.discover.is_some() {
+            // Discovered resources whose link is gone keep their grace period.
+            for name in self.gone_since.keys() {
+                if let Some(r) = self.resources.get(name) {
+                    wanted.push(r.config.clone());
+                }
+            }
+        }
+        let plan = reload::plan(self.resources.values().map(|r| &r.config), &wanted);
+        for name in &plan.removed {
+            if let Some(resource) = self.withdraw(name) {
+                tracing::info!(
+                    resource = %resource.resource_name(),
+                    "removed from the configuration: socket removed; devices in use keep working until their pods go"
+                );
+            }
+        }
+        self.change_in_place(&plan.changed, links);
+        let is_discovery = discover.is_some();
+        self.discover = discover;
+        self.running_config = config;
+        let added = self.add_resources(plan.added.clone(), links)?;
+        if added.is_empty() {
+            self.persist()?;
+        }
+        if is_discovery {
+            self.track_gone(links);
+        } else {
+            self.gone_since.clear();
+        }
+        for resource in &added {
+            tracing::info!(resource = %resource.resource_name(), "added to the configuration");
+            self.serve(resource)?;
+        }
+        if !added.is_empty() {
+            self.register_pending().await;
+        }
         Ok(())
     }
 
@@ -331,9 +513,18 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
     let mut links = watch_links()?;
     let table = links.borrow_and_update().clone();
 
-    let (wanted, discover) = match config {
-        Config::Static(resources) => (resources, None),
-        Config::Discover(discovery) => (discovered(table.iter(), &discovery), Some(discovery)),
+    let (wanted, discover) = match &config {
+        Config::Static(resources) => (resources.clone(), None),
+        Config::Discover(discovery) => {
+            (discovered(table.iter(), discovery), Some(discovery.clone()))
+        }
+    };
+    // Watched from before the daemon looks at the configuration's effects:
+    // an edit from now on is seen (the first read below catches one made
+    // since the file was read at start).
+    let mut config_events = match &tuning.live {
+        Some(file) => Some(reload::watch(file)?),
+        None => None,
     };
     let mut daemon = Daemon {
         allocator: Arc::new(Allocator {
@@ -357,7 +548,14 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         discover,
         gone_since: BTreeMap::new(),
         retire_after: tuning.retire_after,
+        live: tuning.live,
+        running_config: config,
+        debounce: Debounce::default(),
+        removed_sockets: BTreeSet::new(),
     };
+    if daemon.live.is_some() {
+        daemon.debounce.event(Instant::now());
+    }
     let added = daemon.add_resources(wanted, &table)?;
     let all: Vec<Arc<Resource>> = daemon.resources.values().cloned().collect();
     sweep::sweep(&daemon.state, &all, &daemon.paths.pod_resources_socket).await;
@@ -392,6 +590,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         &mut sigint,
         &mut dir_events,
         &mut links,
+        &mut config_events,
     )
     .await;
     daemon.stop();
@@ -411,6 +610,7 @@ async fn serve_until_signal(
     sigint: &mut tokio::signal::unix::Signal,
     dir_events: &mut tokio::sync::mpsc::UnboundedReceiver<DirEvent>,
     links: &mut tokio::sync::watch::Receiver<Arc<LinkTable>>,
+    config_events: &mut Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
 ) -> Result<(), DaemonError> {
     // What discovery last looked at: only links that changed since are
     // looked at again (a diff of the persistent maps skips what they share).
@@ -426,7 +626,9 @@ async fn serve_until_signal(
                     daemon.kubelet_restarted().await?;
                 }
                 Some(DirEvent::Deleted(name)) => {
-                    if daemon.resources.values().any(|r| r.socket_name() == name) {
+                    if !daemon.removed_sockets.remove(&name)
+                        && daemon.resources.values().any(|r| r.socket_name() == name)
+                    {
                         tracing::info!("socket {name} was removed (kubelet restart?)");
                     }
                 }
@@ -459,7 +661,24 @@ async fn serve_until_signal(
             _ = sleep_until_some(daemon.next_retirement()), if daemon.next_retirement().is_some() => {
                 daemon.retire_due()?;
             }
+            event = recv_some(config_events), if config_events.is_some() => match event {
+                None => return Err(DaemonError::Watch("the configuration directory watcher stopped".into())),
+                Some(()) => daemon.debounce.event(Instant::now()),
+            },
+            _ = sleep_until_some(daemon.debounce.due()), if daemon.debounce.due().is_some() => {
+                daemon.debounce.clear();
+                let table = links.borrow().clone();
+                daemon.reload(&table).await?;
+            }
         }
+    }
+}
+
+/// The next notice of `rx`; never, when there is no receiver.
+async fn recv_some(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

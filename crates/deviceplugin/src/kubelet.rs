@@ -23,6 +23,7 @@ use crate::proto::deviceplugin::registration_client::RegistrationClient;
 use crate::proto::deviceplugin::RegisterRequest;
 use crate::proto::podresources::pod_resources_lister_client::PodResourcesListerClient;
 use crate::proto::podresources::ListPodResourcesRequest;
+use crate::reload::LiveService;
 use crate::resource::{Resource, RESOURCE_PREFIX};
 use crate::service::{options, PluginService};
 
@@ -49,6 +50,7 @@ pub async fn connect_unix(path: &Path) -> Result<Channel, tonic::transport::Erro
 pub struct Served {
     path: PathBuf,
     task: JoinHandle<()>,
+    service: LiveService,
 }
 
 impl Served {
@@ -66,10 +68,11 @@ impl Served {
         let listener = UnixListener::bind(&path)?;
         // Only root (the kubelet) may talk to the plugin.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        let service = DevicePluginServer::new(PluginService {
+        let live = LiveService::new(PluginService {
             resource,
             allocator,
         });
+        let service = DevicePluginServer::new(live.clone());
         let shown = path.clone();
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -86,7 +89,17 @@ impl Served {
                 );
             }
         });
-        Ok(Served { path, task })
+        Ok(Served {
+            path,
+            task,
+            service: live,
+        })
+    }
+
+    /// Serve `resource` (the same resource with new settings) from now on:
+    /// same socket, same connections, same ListAndWatch streams.
+    pub fn replace(&self, resource: Arc<Resource>) {
+        self.service.replace(resource);
     }
 
     /// Stop serving and remove the socket. Open ListAndWatch streams would

@@ -12,6 +12,7 @@ pub mod hostns;
 pub mod kubelet;
 pub mod links;
 pub mod metrics;
+pub mod reload;
 pub mod resource;
 pub mod service;
 pub mod sweep;

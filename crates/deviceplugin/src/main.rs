@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use macvtap_deviceplugin::config::Config;
 use macvtap_deviceplugin::daemon::{self, Paths, Tuning};
 use macvtap_deviceplugin::hostns::{self, HostMounts};
+use macvtap_deviceplugin::reload::ConfigFile;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum HostMountsArg {
@@ -37,6 +38,12 @@ enum LogFormat {
 /// vxlan, veth, macvlan); DP_MACVTAP_DISCOVER_SKIP_ENSLAVED=true leaves out
 /// links enslaved to a bond, bridge or team.
 ///
+/// With --config-file the same JSON comes from a file instead (the ConfigMap
+/// mounted as a volume): it is followed, and a change is applied without a
+/// restart; a broken edit is logged and the last good configuration stays.
+/// The file wins: DP_MACVTAP_CONF in the environment is then ignored.
+/// The discovery variables are read from the environment at start.
+///
 /// Upstream's glog flags are accepted too, as its manifests pass them:
 /// -v N (0-3 info, 4-5 debug, 6+ trace; RUST_LOG wins), -logtostderr,
 /// -alsologtostderr, and -stderrthreshold, -log_dir, -log_backtrace_at,
@@ -58,8 +65,15 @@ struct Args {
     /// the downward API's status.hostIP gives it, followed by :PORT).
     #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
     metrics_address: Option<SocketAddr>,
-    /// Only check DP_MACVTAP_CONF (and DP_MACVTAP_DISCOVER_KINDS), print the
-    /// resources it defines, and exit: 0 when valid, 1 when not.
+    /// Read the resources' JSON from this file, not DP_MACVTAP_CONF, and
+    /// apply its changes while running: for a ConfigMap mounted as a volume
+    /// (not with subPath, which the kubelet never updates), give the key's
+    /// path, e.g. /etc/macvtap-deviceplugin/DP_MACVTAP_CONF.
+    #[arg(long, value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// Only check DP_MACVTAP_CONF or --config-file (and
+    /// DP_MACVTAP_DISCOVER_KINDS), print the resources it defines, and
+    /// exit: 0 when valid, 1 when not.
     #[arg(long)]
     check_config: bool,
     /// Discovery (DP_MACVTAP_CONF=[]): retire a resource whose link has been
@@ -206,13 +220,32 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::parse_all(
-        std::env::var("DP_MACVTAP_CONF").ok().as_deref(),
-        std::env::var("DP_MACVTAP_DISCOVER_KINDS").ok().as_deref(),
-        std::env::var("DP_MACVTAP_DISCOVER_SKIP_ENSLAVED")
-            .ok()
-            .as_deref(),
-    ) {
+    let discover_kinds = std::env::var("DP_MACVTAP_DISCOVER_KINDS").ok();
+    let discover_skip_enslaved = std::env::var("DP_MACVTAP_DISCOVER_SKIP_ENSLAVED").ok();
+    let mut live = args
+        .config_file
+        .clone()
+        .map(|path| ConfigFile::new(path, discover_kinds.clone(), discover_skip_enslaved.clone()));
+    let parsed = match &mut live {
+        Some(file) => {
+            if std::env::var_os("DP_MACVTAP_CONF").is_some() {
+                tracing::info!(
+                    file = %file.path.display(),
+                    "DP_MACVTAP_CONF is set but ignored: --config-file wins"
+                );
+            }
+            file.pin_directory()
+                .and_then(|()| file.load())
+                .map_err(|e| macvtap_net::error_chain(&e))
+        }
+        None => Config::parse_all(
+            std::env::var("DP_MACVTAP_CONF").ok().as_deref(),
+            discover_kinds.as_deref(),
+            discover_skip_enslaved.as_deref(),
+        )
+        .map_err(|e| e.to_string()),
+    };
+    let config = match parsed {
         Ok(config) => config,
         Err(e) => {
             eprintln!("macvtap-deviceplugin: {e}");
@@ -276,6 +309,7 @@ fn main() -> ExitCode {
     };
     let tuning = Tuning {
         retire_after: args.retire_after,
+        live,
     };
     match runtime.block_on(daemon::run(config, paths, tuning)) {
         Ok(()) => ExitCode::SUCCESS,

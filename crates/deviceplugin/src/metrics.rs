@@ -69,6 +69,7 @@ pub fn render(resources: &[Arc<Resource>]) -> String {
             );
         }
     }
+    out.push_str(&crate::reload::STATUS.render());
     out
 }
 

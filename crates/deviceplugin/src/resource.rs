@@ -63,6 +63,26 @@ impl Resource {
         })
     }
 
+    /// This resource with new settings (capacity, mode, lower device,
+    /// attach): it shares this one's ListAndWatch streams, which get its
+    /// device list at its first [`Resource::update`], its registration and
+    /// its counts.
+    pub fn successor(&self, config: ResourceConfig, ifindex_base: u32) -> Arc<Resource> {
+        let carried = |c: &AtomicU64| AtomicU64::new(c.load(Ordering::Relaxed));
+        Arc::new(Resource {
+            config,
+            ifindex_base,
+            devices: self.devices.clone(),
+            retired: self.retired.clone(),
+            counters: Counters {
+                allocations: carried(&self.counters.allocations),
+                allocation_failures: carried(&self.counters.allocation_failures),
+                registrations: carried(&self.counters.registrations),
+            },
+            registered: std::sync::atomic::AtomicBool::new(self.registered.load(Ordering::Relaxed)),
+        })
+    }
+
     /// `macvtap.network.kubevirt.io/<name>`
     pub fn resource_name(&self) -> String {
         format!("{RESOURCE_PREFIX}/{}", self.config.name)
