@@ -27,6 +27,8 @@ pub struct Allocator {
     /// Where to hand granted devices so that their grants learn their pod
     /// (see [`crate::grants`]); None: they stay unbound.
     pub binder: Option<crate::grants::Binder>,
+    /// Where Allocate's durations go; None: not measured.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// What one Allocate call did, undone in reverse if a later step fails.
@@ -111,6 +113,7 @@ impl Allocator {
     /// take it is undone too: the kubelet counts a device it never heard of
     /// as free, so nothing may stay for it.
     pub fn allocate_for(&self, resource: &Resource, containers: &[Vec<String>], reply: Reply) {
+        let _timer = self.metrics.as_ref().map(|m| m.allocate_timer(resource));
         let planned = match plan(resource, containers) {
             Ok(planned) => planned,
             Err(status) => {

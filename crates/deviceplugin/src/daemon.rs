@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use macvtap_state::{Attach, NodeConfig, StateDir};
@@ -328,6 +328,8 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         Config::Static(resources) => (resources, None),
         Config::Discover(discovery) => (discovered(table.iter(), &discovery), Some(discovery)),
     };
+    let shared: metrics::Shared = Arc::default();
+    let metrics = metrics::Metrics::new(shared.clone());
     let mut daemon = Daemon {
         allocator: Arc::new(Allocator {
             state: state.clone(),
@@ -335,6 +337,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
                 state.clone(),
                 paths.pod_resources_socket.clone(),
             )),
+            metrics: Some(metrics.clone()),
         }),
         state,
         paths,
@@ -342,14 +345,17 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         served: BTreeMap::new(),
         unregistered: BTreeSet::new(),
         retry_delay: FIRST_RETRY,
-        shared: Arc::new(RwLock::new(Vec::new())),
+        shared,
         discover,
         gone_since: BTreeMap::new(),
         retire_after: tuning.retire_after,
     };
     let added = daemon.add_resources(wanted, &table)?;
+    // Until live reloads call it, the start-up load is the one load.
+    metrics.config_reloaded(true);
     let all: Vec<Arc<Resource>> = daemon.resources.values().cloned().collect();
-    sweep::sweep(&daemon.state, &all, &daemon.paths.pod_resources_socket).await;
+    let swept = sweep::sweep(&daemon.state, &all, &daemon.paths.pod_resources_socket).await;
+    metrics.swept(swept.as_ref());
 
     let mut dir_events =
         watch_dir(&daemon.paths.device_plugin_dir).map_err(|e| DaemonError::PluginDir {
@@ -370,7 +376,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         let listener = metrics::bind(addr)
             .await
             .map_err(|source| DaemonError::Metrics { addr, source })?;
-        tokio::spawn(metrics::serve(listener, daemon.shared.clone()));
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
 
     // Whatever ends the loop, the sockets go: an error exit must not leave
