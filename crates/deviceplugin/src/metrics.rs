@@ -46,8 +46,8 @@ type KindLabel = Vec<(&'static str, &'static str)>;
 /// one creates links (~17 ms each), and one may wait up to the node lock's
 /// 30 s for a CNI command.
 const ALLOCATE_BUCKETS: [f64; 18] = [
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
 ];
 
 fn allocate_histogram() -> Histogram {
@@ -151,14 +151,18 @@ impl Metrics {
     /// One configuration load (the start-up one, or a reload) ended.
     pub fn config_reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.config_reloads.get_or_create(&vec![("result", result)]).inc();
+        self.config_reloads
+            .get_or_create(&vec![("result", result)])
+            .inc();
         self.config_last_reload_success.set(i64::from(ok));
     }
 
     /// The start-up sweep ended; None: it was skipped.
     pub fn swept(&self, swept: Option<&Swept>) {
         let Some(swept) = swept else {
-            self.sweeps.get_or_create(&vec![("result", "skipped")]).inc();
+            self.sweeps
+                .get_or_create(&vec![("result", "skipped")])
+                .inc();
             return;
         };
         self.sweeps.get_or_create(&vec![("result", "done")]).inc();
