@@ -622,3 +622,81 @@ async fn half_requests_malformed_requests_and_200_parallel_scrapes_do_not_stall_
     assert_eq!(get(&node, addr, "/healthz", None).0, 200);
     dp.assert_running("after the slow, many and malformed clients");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_counts_say_what_the_start_up_sweep_removed_or_that_it_was_skipped() {
+    let world = World::new("dp-msweep");
+    let addr = "127.0.0.1:9474";
+    let node = world.lab.node.path();
+    let conf = conf1("dataplane", 4, "pod");
+
+    // Run 1: two devices granted, then the daemon stops (grants stay).
+    let mut dp = world.start(&conf, 1).await;
+    let mut c = world.client("dataplane").await;
+    for id in ["dataplane-0", "dataplane-1"] {
+        c.allocate(allocate_request(&[&[id]]))
+            .await
+            .expect("Allocate");
+        assert!(world.allocation_record(id).exists(), "no grant for {id}");
+    }
+    drop(c);
+    dp.signal(libc::SIGTERM);
+    assert!(dp.wait_exit(SLOW).await.is_some(), "no exit on SIGTERM");
+
+    // Run 2: the kubelet says a pod holds dataplane-1 only.
+    world
+        .podres
+        .set_held(&[(&resource_name("dataplane"), &["dataplane-1"])]);
+    let mut dp = world.cmd(&conf).metrics(addr).spawn();
+    world.kubelet.wait_registrations(2, SLOW).await;
+    let [om, text] = scrape(&node, addr);
+    for families in [&om, &text] {
+        let removed = |kind| {
+            value(
+                families,
+                "macvtap_deviceplugin_sweep_removed",
+                "macvtap_deviceplugin_sweep_removed_total",
+                &[("kind", kind)],
+            )
+        };
+        assert_eq!(
+            (removed("records"), removed("nodes"), removed("links")),
+            (1.0, 0.0, 0.0),
+            "dataplane-0's grant, which no pod holds"
+        );
+        let sweeps = |result| {
+            value(
+                families,
+                "macvtap_deviceplugin_sweeps",
+                "macvtap_deviceplugin_sweeps_total",
+                &[("result", result)],
+            )
+        };
+        assert_eq!((sweeps("done"), sweeps("skipped")), (1.0, 0.0));
+    }
+    assert!(!world.allocation_record("dataplane-0").exists());
+    assert!(world.allocation_record("dataplane-1").exists());
+    dp.signal(libc::SIGTERM);
+    assert!(dp.wait_exit(SLOW).await.is_some(), "no exit on SIGTERM");
+
+    // Run 3: no PodResources API to ask: nothing swept, and it says so.
+    let missing = world.state_dir().with_file_name("no-pod-resources.sock");
+    let mut dp = world
+        .cmd(&conf)
+        .metrics(addr)
+        .pod_resources(&missing)
+        .spawn();
+    world.kubelet.wait_registrations(3, SLOW).await;
+    let [om, _] = scrape(&node, addr);
+    let sweeps = |result| {
+        value(
+            &om,
+            "macvtap_deviceplugin_sweeps",
+            "macvtap_deviceplugin_sweeps_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!((sweeps("done"), sweeps("skipped")), (0.0, 1.0));
+    assert!(world.allocation_record("dataplane-1").exists());
+    dp.assert_running("after the scrapes");
+}
