@@ -375,9 +375,9 @@ fn try_admit(t: &mut Connections) -> Result<(u64, oneshot::Receiver<()>), Durati
         match t.idle.front().map(|(_, since, _)| since.elapsed()) {
             Some(age) if age >= EVICT_AFTER => {
                 if let Some((_, _, close)) = t.idle.pop_front() {
-                    // Its task ends and frees the slot as soon as it runs;
-                    // until then the count may be over the cap, by at most
-                    // the number of idle connections.
+                    // Its task ends and frees the slot as soon as it runs
+                    // (unless its request has arrived meanwhile: then it is
+                    // answered first); until then the count is over the cap.
                     let _ = close.send(());
                 }
             }
@@ -565,4 +565,67 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_table(accepted_ago: Duration) -> (Connections, Vec<oneshot::Receiver<()>>) {
+        let mut t = Connections::default();
+        let mut closed = Vec::new();
+        let since = Instant::now()
+            .checked_sub(accepted_ago)
+            .expect("a clock past the test's start");
+        for _ in 0..MAX_CONNECTIONS {
+            let (_, rx) = try_admit(&mut t).expect("a free slot");
+            closed.push(rx);
+        }
+        for entry in &mut t.idle {
+            entry.1 = since;
+        }
+        (t, closed)
+    }
+
+    #[test]
+    fn a_full_table_closes_the_oldest_idle_connection_once_it_had_its_chance() {
+        let (mut t, mut closed) = full_table(EVICT_AFTER * 2);
+        let (id, _) = try_admit(&mut t).expect("the oldest idle one makes room");
+        assert_eq!(id, MAX_CONNECTIONS as u64 + 1);
+        assert_eq!(closed[0].try_recv(), Ok(()), "the oldest was told to close");
+        assert!(closed[1].try_recv().is_err(), "only the oldest");
+        assert_eq!(t.idle.len(), MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn a_full_table_lets_a_fresh_connection_send_its_request_first() {
+        let (mut t, mut closed) = full_table(Duration::ZERO);
+        let wait = try_admit(&mut t).expect_err("nobody old enough to close");
+        assert!(wait > Duration::ZERO && wait <= EVICT_AFTER, "{wait:?}");
+        assert!(closed.iter_mut().all(|c| c.try_recv().is_err()));
+        // Every connection answering: wait for one to end.
+        t.idle.clear();
+        assert_eq!(try_admit(&mut t).err(), Some(EVICT_AFTER));
+        assert_eq!(t.live, MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn config_loads_show_in_both_formats_and_openmetrics_ends_with_eof() {
+        let metrics = Metrics::new(Shared::default());
+        metrics.config_reloaded(true);
+        metrics.config_reloaded(false);
+        let om = metrics.render(true).expect("OpenMetrics");
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("macvtap_deviceplugin_config_reloads_total{result=\"error\"} 1"));
+        assert!(
+            om.contains("macvtap_deviceplugin_config_last_reload_success 0"),
+            "{om}"
+        );
+        let text = metrics.render(false).expect("text");
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains("macvtap_deviceplugin_config_reloads_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+    }
 }
