@@ -113,6 +113,21 @@ impl Drop for Attachment<'_> {
 
 /// `ip -j addr` of eth0 and every route (both families, main and local
 /// tables) and the link names of `ns`, order-free.
+/// Wait until IPv6 duplicate address detection is over in `ns`: a
+/// tentative address carries a flag, and its local route appears, only
+/// when it ends, which would make two snapshots differ by timing alone.
+fn settle(ns: &Netns) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ns.ip_json(&["-6", "addr", "show", "tentative"]) != json!([]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: IPv6 addresses still tentative after 10 s",
+            ns.path().display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn snapshot(ns: &Netns) -> Value {
     let mut addr = ns.ip_json(&["addr", "show", "dev", IFNAME]);
     if let Some(info) = addr[0]["addr_info"].as_array_mut() {
@@ -335,6 +350,9 @@ fn bad_chains_are_refused_clearly_and_change_nothing() {
     let a = attachment(&lab, &lab.pod, "a", "bridge", 93);
     let conf = handover_conf(&lab);
     let prev = a.add_first();
+    for ns in [&lab.pod, &other, &lab.node] {
+        settle(ns);
+    }
     let before = snapshot(&lab.pod);
     let other_before = snapshot(&other);
     let node_view = || {

@@ -33,6 +33,8 @@ pub struct Allocator {
     /// `--cdi`: the spec directory holding every resource's CDI spec;
     /// Allocate then names each device in `cdi_devices` too.
     pub cdi: Option<SpecDir>,
+    /// Where Allocate's durations go; None: not measured.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// What one Allocate call did, undone in reverse if a later step fails.
@@ -117,6 +119,7 @@ impl Allocator {
     /// take it is undone too: the kubelet counts a device it never heard of
     /// as free, so nothing may stay for it.
     pub fn allocate_for(&self, resource: &Resource, containers: &[Vec<String>], reply: Reply) {
+        let _timer = self.metrics.as_ref().map(|m| m.allocate_timer(resource));
         let planned = match plan(resource, containers) {
             Ok(planned) => planned,
             Err(status) => {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use macvtap_state::{Attach, NodeConfig, StateDir};
@@ -417,6 +417,7 @@ impl Daemon {
                         "configuration change refused, the last good configuration stays in effect: {why}"
                     );
                     STATUS.failed(why);
+                    self.count_reload(false);
                 }
                 return Ok(());
             }
@@ -425,6 +426,7 @@ impl Daemon {
             if !STATUS.last_succeeded() {
                 tracing::info!(file = %file.path.display(), "configuration file valid again, equal to the one in effect");
                 STATUS.succeeded();
+                self.count_reload(true);
             }
             return Ok(());
         }
@@ -432,6 +434,7 @@ impl Daemon {
         match &changes {
             Ok(()) => {
                 STATUS.succeeded();
+                self.count_reload(true);
                 tracing::info!(
                     took_ms = started.elapsed().as_secs_f64() * 1e3,
                     "configuration file applied"
@@ -439,9 +442,19 @@ impl Daemon {
             }
             // Serving or persisting failed: the daemon exits with this
             // error and its restart reads the file afresh.
-            Err(e) => STATUS.failed(macvtap_net::error_chain(e)),
+            Err(e) => {
+                STATUS.failed(macvtap_net::error_chain(e));
+                self.count_reload(false);
+            }
         }
         changes
+    }
+
+    /// A configuration load's outcome, for /metrics.
+    fn count_reload(&self, ok: bool) {
+        if let Some(metrics) = &self.allocator.metrics {
+            metrics.config_reloaded(ok);
+        }
     }
 
     /// Make the offered resources those of `config`: withdraw removed ones,
@@ -526,6 +539,8 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         Some(file) => Some(reload::watch(file)?),
         None => None,
     };
+    let shared: metrics::Shared = Arc::default();
+    let metrics = metrics::Metrics::new(shared.clone());
     let mut daemon = Daemon {
         allocator: Arc::new(Allocator {
             state: state.clone(),
@@ -537,6 +552,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
                 Some(dir) => Some(crate::cdi::SpecDir::open(dir)?),
                 None => None,
             },
+            metrics: Some(metrics.clone()),
         }),
         state,
         paths,
@@ -544,7 +560,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         served: BTreeMap::new(),
         unregistered: BTreeSet::new(),
         retry_delay: FIRST_RETRY,
-        shared: Arc::new(RwLock::new(Vec::new())),
+        shared,
         discover,
         gone_since: BTreeMap::new(),
         retire_after: tuning.retire_after,
@@ -557,8 +573,11 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         daemon.debounce.event(Instant::now());
     }
     let added = daemon.add_resources(wanted, &table)?;
+    // The start-up load counts as the first; reloads add theirs.
+    metrics.config_reloaded(true);
     let all: Vec<Arc<Resource>> = daemon.resources.values().cloned().collect();
-    sweep::sweep(&daemon.state, &all, &daemon.paths.pod_resources_socket).await;
+    let swept = sweep::sweep(&daemon.state, &all, &daemon.paths.pod_resources_socket).await;
+    metrics.swept(swept.as_ref());
 
     let mut dir_events =
         watch_dir(&daemon.paths.device_plugin_dir).map_err(|e| DaemonError::PluginDir {
@@ -579,7 +598,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         let listener = metrics::bind(addr)
             .await
             .map_err(|source| DaemonError::Metrics { addr, source })?;
-        tokio::spawn(metrics::serve(listener, daemon.shared.clone()));
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
 
     // Whatever ends the loop, the sockets go: an error exit must not leave

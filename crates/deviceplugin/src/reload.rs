@@ -278,7 +278,9 @@ pub fn describe_change(old: &ResourceConfig, new: &ResourceConfig) -> String {
     parts.join(", ")
 }
 
-/// Reload outcomes, for /metrics. One per process: there is one daemon.
+/// Reload outcomes: the last error (logged once however many events
+/// repeat it) and counts. /metrics has its own series (crate::metrics).
+/// One per process: there is one daemon.
 #[derive(Debug)]
 pub struct ReloadStatus {
     ok: AtomicU64,
@@ -341,21 +343,6 @@ impl ReloadStatus {
     /// Why the last reload was refused, while it is the last one.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
-    }
-
-    /// The Prometheus text of these counts.
-    pub fn render(&self) -> String {
-        let (ok, failed) = self.counts();
-        format!(
-            "# HELP macvtap_deviceplugin_config_reloads_total Reloads of the configuration file, by outcome.\n\
-             # TYPE macvtap_deviceplugin_config_reloads_total counter\n\
-             macvtap_deviceplugin_config_reloads_total{{result=\"ok\"}} {ok}\n\
-             macvtap_deviceplugin_config_reloads_total{{result=\"error\"}} {failed}\n\
-             # HELP macvtap_deviceplugin_config_last_reload_success Whether the last reload was applied (1) or refused (0).\n\
-             # TYPE macvtap_deviceplugin_config_last_reload_success gauge\n\
-             macvtap_deviceplugin_config_last_reload_success {}\n",
-            u8::from(self.last_succeeded())
-        )
     }
 }
 
@@ -491,21 +478,15 @@ mod tests {
     }
 
     #[test]
-    fn status_counts_and_renders() {
+    fn status_counts_and_keeps_the_last_error() {
         let s = ReloadStatus::new();
-        assert!(s
-            .render()
-            .contains("macvtap_deviceplugin_config_last_reload_success 1\n"));
+        assert!(s.last_succeeded());
         s.failed("bad".into());
         assert_eq!((s.counts(), s.last_error()), ((0, 1), Some("bad".into())));
-        let text = s.render();
-        assert!(text.contains("macvtap_deviceplugin_config_reloads_total{result=\"error\"} 1\n"));
-        assert!(text.contains("macvtap_deviceplugin_config_last_reload_success 0\n"));
+        assert!(!s.last_succeeded());
         s.succeeded();
         assert_eq!((s.counts(), s.last_error()), ((1, 1), None));
-        assert!(s
-            .render()
-            .contains("macvtap_deviceplugin_config_reloads_total{result=\"ok\"} 1\n"));
+        assert!(s.last_succeeded());
     }
 
     #[test]
