@@ -329,6 +329,9 @@ impl Daemon {
         }
         let resource = self.resources.remove(name)?;
         resource.retire();
+        if let Some(metrics) = &self.allocator.metrics {
+            metrics.forget(&resource);
+        }
         Some(resource)
     }
 

@@ -148,6 +148,14 @@ impl Metrics {
         }
     }
 
+    /// `resource` is no longer offered: its Allocate histogram goes with
+    /// the other per-resource series (an Allocate still in flight may
+    /// bring it back once).
+    pub fn forget(&self, resource: &Resource) {
+        self.allocate_seconds
+            .remove(&vec![("resource", resource.resource_name())]);
+    }
+
     /// One configuration load (the start-up one, or a reload) ended.
     pub fn config_reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
