@@ -361,7 +361,7 @@ pub fn is_domain_qemu(pid: u32, name: &str) -> bool {
     fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
         let words: Vec<&[u8]> = c.split(|b| *b == 0).collect();
         let want = format!("guest={name},debug-threads=on");
-        words.iter().any(|w| *w == want.as_bytes())
+        words.contains(&want.as_bytes())
     }) && !is_zombie(pid)
 }
 
