@@ -186,6 +186,9 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.lab.vm, VmChoice::Never);
         assert!(cli.json);
+        assert_eq!(cli.lab.vmm, VmmChoice::Qemu);
+        let cli = Cli::try_parse_from(["macvtap-lab", "--vmm", "libvirt-session"]).unwrap();
+        assert_eq!(cli.lab.vmm, VmmChoice::LibvirtSession);
         let cli = Cli::try_parse_from(["macvtap-lab", "guest", "--tag", "t"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Guest(g)) if g.tag == "t"));
     }

@@ -199,3 +199,16 @@ fn without_its_tap_node_libvirt_fails_without_naming_it_and_doctor_names_it() {
     lab.del(&config).success();
     lab.assert_clean("DEL after the libvirt test");
 }
+
+/// Standalone mode cannot give a virt-launcher its device: the lab says so
+/// before it makes anything.
+#[test]
+fn libvirt_without_the_device_plugin_is_refused_with_the_reason() {
+    cni_plugin();
+    let out = run(&["--vmm", "libvirt", "--device-plugin", "never"]);
+    let err = out.fails_with(1);
+    assert!(
+        err.contains("standalone mode cannot give a virt-launcher its device"),
+        "{err}"
+    );
+}
