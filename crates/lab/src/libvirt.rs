@@ -304,10 +304,17 @@ impl Launcher {
             return Err(LibvirtError::Create(said.join(": ")));
         }
         let pid_file = self.qemu_pid_file(name);
-        fs::read_to_string(&pid_file)
+        let pid = fs::read_to_string(&pid_file)
             .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| LibvirtError::NoQemuPid(pid_file.display().to_string()))
+            .and_then(|s| s.trim().parse().ok());
+        pid.ok_or_else(|| {
+            // Without its PID the lab could not stop that QEMU: libvirt does.
+            let _ = Command::new("virsh")
+                .args(["-q", "-c", &uri, "destroy", name])
+                .stdin(Stdio::null())
+                .output();
+            LibvirtError::NoQemuPid(pid_file.display().to_string())
+        })
     }
 
     /// Stop libvirtd: SIGTERM by PID, SIGKILL after a grace period.
