@@ -131,6 +131,16 @@ impl Findings {
 const TUNGETIFF_WHY: &str = "QEMU's `-netdev tap,fd=N` with `N<>/dev/tapX` then opens (or a shell \
      creates) a regular file and fails with \"TUNGETIFF ioctl() failed: Inappropriate ioctl for device\"";
 
+/// libvirt 9's error when the named ethernet target is a macvtap whose
+/// /dev/tap<ifindex> is missing: it falls back to creating a tap by that
+/// name, which the kernel refuses (EINVAL).
+pub fn libvirt_no_node(ifname: &str) -> String {
+    format!("Unable to create tap device {ifname}")
+}
+
+/// libvirt's error on the same path when /dev/net/tun is missing as well.
+pub const LIBVIRT_NO_TUN: &str = "Unable to open /dev/net/tun";
+
 pub fn run(scope: &Scope, args: &DoctorArgs) -> Result<Report, DoctorError> {
     let mut f = Findings { list: Vec::new() };
     check_dev_mount(&mut f);
@@ -474,8 +484,19 @@ fn check_tap_name(f: &mut Findings, link: &Link, dev: DeviceNumber) {
             "tap node",
             Status::Problem,
             format!("{p} does not exist (the device is {dev})"),
-            Some(format!("libvirt and `{}<>{p}` open the node by name; {TUNGETIFF_WHY}", 3)),
-            Some(format!("{by_number}; or mount devtmpfs on /dev")),
+            Some(format!(
+                "libvirt and `3<>{p}` open the node by name. libvirt (`<interface type='ethernet'>` \
+                 with `<target dev='{name}' managed='no'/>`) does not say the node is missing: it takes \
+                 {name} for a plain tap and fails with \"{LIBVIRT_NO_NODE}: Invalid argument\", or, \
+                 without /dev/net/tun, \"{LIBVIRT_NO_TUN}\"; {TUNGETIFF_WHY}",
+                name = link.name,
+                LIBVIRT_NO_NODE = libvirt_no_node(&link.name),
+            )),
+            Some(format!(
+                "in a pod (virt-launcher): request the device plugin's resource, so the runtime maps \
+                 {p} from Allocate's answer (the CNI plugin's standalone mode cannot give a pod \
+                 its device node); by hand: {by_number}; or mount devtmpfs on /dev"
+            )),
         ),
         TapNodeState::NotCharDevice(kind) => f.add(
             &link.name,

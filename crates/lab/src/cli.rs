@@ -27,6 +27,7 @@ use macvtapctl::cli::parse_mac;
 /// Examples:
 ///   macvtap-lab
 ///   macvtap-lab --vm never        # no QEMU: a stand-in answers ping
+///   macvtap-lab --vmm libvirt     # libvirt in the pod, as virt-launcher (libvirt-session: uid 107)
 ///   macvtap-lab --device-plugin never   # the CNI plugin alone, standalone mode
 ///   macvtap-lab --keep            # leave it running; prints how to remove it
 ///   macvtap-lab guest --ip 192.0.2.10/24 --serial stdio   # the guest's QEMU arguments
@@ -75,11 +76,29 @@ pub enum DevicePluginChoice {
     Never,
 }
 
+/// What runs the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VmmChoice {
+    /// QEMU started by the lab on the tap the device plugin promised.
+    Qemu,
+    /// A private libvirtd as root (`qemu:///system`) in the pod's network
+    /// namespace and a mount namespace whose /dev/tap<ifindex> is mapped
+    /// as the kubelet maps the device plugin's node, as virt-launcher runs
+    /// it; needs the device plugin.
+    Libvirt,
+    /// The same with libvirtd and QEMU as uid 107 (`qemu:///session`), as
+    /// KubeVirt runs them.
+    LibvirtSession,
+}
+
 /// The lab's options (what `macvtap-lab` does without a subcommand).
 #[derive(Debug, Args)]
 pub struct LabArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub vm: VmChoice,
+    /// What runs the VM: QEMU directly, or libvirt as virt-launcher runs it.
+    #[arg(long, value_enum, default_value = "qemu")]
+    pub vmm: VmmChoice,
     /// Run the device plugin and attach its deviceID (auto: when
     /// `macvtap-deviceplugin` is next to macvtap-lab).
     #[arg(long, value_enum, default_value = "auto")]
@@ -167,6 +186,9 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.lab.vm, VmChoice::Never);
         assert!(cli.json);
+        assert_eq!(cli.lab.vmm, VmmChoice::Qemu);
+        let cli = Cli::try_parse_from(["macvtap-lab", "--vmm", "libvirt-session"]).unwrap();
+        assert_eq!(cli.lab.vmm, VmmChoice::LibvirtSession);
         let cli = Cli::try_parse_from(["macvtap-lab", "guest", "--tag", "t"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Guest(g)) if g.tag == "t"));
     }

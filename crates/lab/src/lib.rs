@@ -15,6 +15,7 @@ mod dp;
 mod elf;
 pub mod guest;
 mod handover;
+pub mod libvirt;
 mod probe;
 mod signals;
 mod vm;
@@ -23,6 +24,7 @@ mod world;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,7 +49,7 @@ use macvtapctl::qemu::{self, NicOptions, QemuError};
 use macvtapctl::scope::{Scope, ScopeError};
 use macvtapctl::tap::{self, TapError};
 
-use crate::cli::{DevicePluginChoice, LabArgs, VmChoice};
+use crate::cli::{DevicePluginChoice, LabArgs, VmChoice, VmmChoice};
 
 const LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 10);
@@ -94,6 +96,10 @@ pub enum LabError {
     Check { what: &'static str, detail: String },
     #[error(transparent)]
     Handover(#[from] macvtap_handover::Error),
+    #[error("--vmm libvirt: {0}")]
+    Libvirt(String),
+    #[error("--vmm libvirt: {0}")]
+    LibvirtRun(#[from] libvirt::LibvirtError),
 }
 
 impl LabError {
@@ -153,6 +159,24 @@ pub struct GuestInfo {
     pub mac: String,
     pub qemu_pid: Option<u32>,
     pub kernel: Option<String>,
+    /// With `--vmm libvirt`: libvirt's side.
+    pub libvirt: Option<LibvirtInfo>,
+}
+
+/// The guest's libvirt, as `--vmm libvirt` ran it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LibvirtInfo {
+    pub uri: String,
+    pub libvirtd_pid: u32,
+    pub uid: u32,
+    /// The node in the launcher's mount namespace, mapped from the
+    /// DeviceSpec's host_path.
+    pub tap_node: String,
+    /// What QEMU's tap fd is, as /proc shows it: libvirt opened the node.
+    pub qemu_tap_fd: Option<String>,
+    pub start_to_socket_ms: f64,
+    /// `virsh create`, round trip.
+    pub create_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -406,6 +430,9 @@ fn write_cleanup_script(made: &Made) -> std::io::Result<PathBuf> {
     let mut script = String::from("#!/bin/sh\n# Removes what `macvtap-lab --keep` left behind.\n");
     if let Some(vm) = &made.vm {
         script.push_str(&format!("kill {} 2>/dev/null\n", vm.pid));
+        if let Some(pid) = vm.libvirtd_pid() {
+            script.push_str(&format!("kill {pid} 2>/dev/null\n"));
+        }
     }
     if let Some(d) = &made.daemon {
         // SIGTERM: the device plugin removes its sockets and exits; wait
@@ -574,7 +601,8 @@ fn drive(args: &LabArgs, say: Say, made: &mut Made) -> Result<LabReport, LabErro
         Services::default()
     };
     if let GuestChoice::Vm(ensured) = &plan.guest {
-        if guest.kind == GuestKind::Vm && !args.keep {
+        // The handover path boots its own QEMU; it is not libvirt's story.
+        if guest.kind == GuestKind::Vm && !args.keep && args.vmm == VmmChoice::Qemu {
             check_signal()?;
             ctx.handover = Some(handover::run(&mut ctx, &world, ensured)?);
         }
@@ -593,7 +621,34 @@ impl Ctx<'_> {
                 "== no device plugin ({why}): the CNI plugin runs in standalone mode on {UPLINK}"
             ));
         }
+        if args.vmm != VmmChoice::Qemu {
+            if let Err(why) = &device_plugin {
+                return Err(LabError::Libvirt(format!(
+                    "no device plugin ({why}); standalone mode cannot give a virt-launcher its \
+                     device: the kubelet maps devices from Allocate's answer only"
+                )));
+            }
+            for tool in ["libvirtd", "virsh"] {
+                if let Err(e) = std::process::Command::new(tool)
+                    .arg("--version")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                {
+                    return Err(LabError::Libvirt(format!(
+                        "{tool} cannot run: {e}; apt-get install --no-install-recommends \
+                         libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
+                    )));
+                }
+            }
+            if args.vm == VmChoice::Never {
+                return Err(LabError::Libvirt("--vm never boots no VM".into()));
+            }
+        }
         let guest = choose_guest(args, say)?;
+        if let (GuestChoice::StandIn(why), true) = (&guest, args.vmm != VmmChoice::Qemu) {
+            return Err(LabError::NoVm(why.clone().unwrap_or_default()));
+        }
         if let GuestChoice::Vm(e) = &guest {
             self.timings.guest_image_ms = Some(ms(e.took));
             self.timings.guest_image_built = e.built;
@@ -717,8 +772,19 @@ impl Ctx<'_> {
             mac: guest_mac.to_string(),
             qemu_pid: None,
             kernel: None,
+            libvirt: None,
         };
         let started = match choice {
+            GuestChoice::Vm(ensured) if self.args.vmm != VmmChoice::Qemu => {
+                let (vm, started, info) =
+                    self.boot_libvirt(ensured, world, attached, &guest.ip, guest_mac)?;
+                guest.kind = GuestKind::Vm;
+                guest.qemu_pid = Some(vm.pid);
+                guest.kernel = Some(ensured.image.package.clone());
+                guest.libvirt = Some(info);
+                self.made.vm = Some(vm);
+                started
+            }
             GuestChoice::Vm(ensured) => {
                 let (vm, started) = self.boot_vm(ensured, world, attached, &guest.ip, guest_mac)?;
                 guest.kind = GuestKind::Vm;
@@ -788,6 +854,116 @@ impl Ctx<'_> {
             vm.pid,
         ));
         Ok((vm, started))
+    }
+
+    /// virt-launcher's way: a private libvirtd in the pod's network
+    /// namespace and a mount namespace whose /dev/tap<ifindex> is the
+    /// DeviceSpec's node, mapped as the runtime maps it; libvirt opens it
+    /// for `<target dev='net1' managed='no'/>`.
+    fn boot_libvirt(
+        &mut self,
+        ensured: &Ensured,
+        world: &World,
+        attached: &mut PodAttachment,
+        guest_ip: &str,
+        guest_mac: MacAddr,
+    ) -> Result<(Vm, Instant, LibvirtInfo), LabError> {
+        let say = self.say;
+        let mode = match self.args.vmm {
+            VmmChoice::LibvirtSession => libvirt::LibvirtMode::Session,
+            _ => libvirt::LibvirtMode::System,
+        };
+        // libvirt opens the node itself; the lab's own check opened it already.
+        attached.tap_fd = None;
+        let image_dir = ensured.image.kernel.parent().unwrap_or(Path::new("/"));
+        if mode == libvirt::LibvirtMode::Session {
+            // uid 107 must reach its directory inside the lab's.
+            fs::set_permissions(&world.dir, fs::Permissions::from_mode(0o711))
+                .map_err(|e| setup_err("lab directory")(macvtap_net::error_chain(&e)))?;
+        }
+        let launcher = libvirt::Launcher::start(&libvirt::LauncherSpec {
+            netns: &world.names.pod,
+            dir: &world.dir.join("libvirt"),
+            mode,
+            tap: Some((attached.info.ifindex, &attached.device_node)),
+            tun: true,
+            image_dir,
+        })?;
+        let uid = if mode == libvirt::LibvirtMode::Session {
+            libvirt::LAUNCHER_UID
+        } else {
+            0
+        };
+        say.line(format!(
+            "== libvirtd (pid {}, uid {uid}, {}) in {} and a mount namespace of its own, \
+             /dev/tap{} mapped from {}: socket after {:.0} ms",
+            launcher.pid(),
+            mode.uri(),
+            world.names.pod,
+            attached.info.ifindex,
+            attached.device_node.display(),
+            ms(launcher.start_took)
+        ));
+        let serial = launcher.vm_dir().join("serial.log");
+        let guest_args = guest::qemu_args(
+            &ensured.image,
+            guest::GuestNet::Static(guest_ip),
+            "null",
+            &format!("{:08x}", world.nonce),
+        )
+        .map_err(|e| LabError::NoVm(macvtap_net::error_chain(&e)))?;
+        let cmdline = guest_args
+            .iter()
+            .skip_while(|a| *a != "-append")
+            .nth(1)
+            .cloned()
+            .unwrap_or_default();
+        let kernel = launcher.image_path(&file_name(&ensured.image.kernel));
+        let initrd = launcher.image_path(&file_name(&ensured.image.initramfs));
+        let domain = format!("mvlab-{:08x}", world.nonce);
+        let xml = libvirt::domain_xml(&libvirt::DomainSpec {
+            name: &domain,
+            kernel: &kernel,
+            initrd: &initrd,
+            cmdline: &cmdline,
+            interface: POD_IF,
+            mac: guest_mac,
+            serial: &serial,
+        });
+        let started = Instant::now();
+        let created = launcher.create(&domain, &xml);
+        let create_took = started.elapsed();
+        let qemu_pid = match created {
+            Ok(pid) => pid,
+            Err(e) => {
+                let log = launcher.qemu_log(&domain);
+                return Err(LabError::Libvirt(format!(
+                    "{}\nlibvirtd's log:\n    {}\nQEMU's log ({}):\n    {}",
+                    macvtap_net::error_chain(&e),
+                    launcher.log_tail(),
+                    log.display(),
+                    fs::read_to_string(&log).unwrap_or_default().trim()
+                )));
+            }
+        };
+        let qemu_tap_fd = tap_fd_of(qemu_pid);
+        let info = LibvirtInfo {
+            uri: mode.uri().into(),
+            libvirtd_pid: launcher.pid(),
+            uid,
+            tap_node: format!("/dev/tap{}", attached.info.ifindex),
+            qemu_tap_fd: qemu_tap_fd.clone(),
+            start_to_socket_ms: ms(launcher.start_took),
+            create_ms: ms(create_took),
+        };
+        say.line(format!(
+            "== virsh create {domain} in {:.0} ms: QEMU (pid {qemu_pid}) holds {}, guest MAC {guest_mac}",
+            ms(create_took),
+            qemu_tap_fd.as_deref().unwrap_or("no tap fd")
+        ));
+        let log = launcher.qemu_log(&domain);
+        let vm = Vm::libvirt(launcher, &domain, qemu_pid, &serial, &log);
+        Ok((vm, started, info))
     }
 
     /// The stand-in answers ARP and ping on the pod's tap; returns when it
@@ -1080,6 +1256,29 @@ impl CniCall<'_> {
     }
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// "fd N -> /dev/tapM": the tap QEMU holds, from /proc.
+fn tap_fd_of(pid: u32) -> Option<String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let target = fs::read_link(e.path()).ok()?;
+            target.to_string_lossy().starts_with("/dev/tap").then(|| {
+                format!(
+                    "fd {} -> {}",
+                    e.file_name().to_string_lossy(),
+                    target.display()
+                )
+            })
+        })
+}
+
 /// The guest's NIC as the lab gives it: one queue, vhost when usable.
 fn guest_nic(device_opts: &[String], mac_override: Option<MacAddr>) -> NicOptions<'_> {
     NicOptions {
@@ -1261,6 +1460,20 @@ fn report_text(r: &LabReport) -> String {
             ),
         },
     );
+    if let Some(l) = &r.guest.libvirt {
+        row(
+            "libvirt",
+            format!(
+                "{} as uid {} (libvirtd pid {}): socket {:.0} ms, virsh create {:.0} ms, QEMU's {}",
+                l.uri,
+                l.uid,
+                l.libvirtd_pid,
+                l.start_to_socket_ms,
+                l.create_ms,
+                l.qemu_tap_fd.as_deref().unwrap_or("tap: none")
+            ),
+        );
+    }
     row(
         "guest image",
         match t.guest_image_ms {

@@ -1,6 +1,7 @@
 //! The lab's QEMU process: started by us, in its own process group (so a
 //! terminal's Ctrl-C reaches only macvtapctl, which then stops it), and
-//! killed by its PID when dropped.
+//! killed by its PID when dropped. With `--vmm libvirt` QEMU is libvirt's
+//! (daemonized, not our child): killed by its PID, then libvirtd.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,10 +9,17 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::guest::READY_BANNER;
+use crate::libvirt::{self, Launcher};
+
+#[derive(Debug)]
+enum Backend {
+    Qemu(Child),
+    Libvirt { launcher: Launcher, domain: String },
+}
 
 #[derive(Debug)]
 pub struct Vm {
-    child: Child,
+    backend: Backend,
     pub pid: u32,
     pub serial: PathBuf,
     pub log: PathBuf,
@@ -22,18 +30,56 @@ impl Vm {
     pub fn new(child: Child, serial: &Path, log: &Path) -> Vm {
         Vm {
             pid: child.id(),
-            child,
+            backend: Backend::Qemu(child),
             serial: serial.to_path_buf(),
             log: log.to_path_buf(),
             keep: false,
         }
     }
 
+    /// The domain `domain` whose QEMU (`qemu_pid`) libvirt started.
+    pub fn libvirt(
+        launcher: Launcher,
+        domain: &str,
+        qemu_pid: u32,
+        serial: &Path,
+        log: &Path,
+    ) -> Vm {
+        Vm {
+            pid: qemu_pid,
+            backend: Backend::Libvirt {
+                launcher,
+                domain: domain.to_string(),
+            },
+            serial: serial.to_path_buf(),
+            log: log.to_path_buf(),
+            keep: false,
+        }
+    }
+
+    /// libvirtd's PID, when libvirt runs the VM.
+    pub fn libvirtd_pid(&self) -> Option<u32> {
+        match &self.backend {
+            Backend::Libvirt { launcher, .. } => Some(launcher.pid()),
+            Backend::Qemu(_) => None,
+        }
+    }
+
     /// `Some(status)` once QEMU has exited.
     pub fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(status.to_string()),
-            _ => None,
+        match &mut self.backend {
+            Backend::Qemu(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                _ => None,
+            },
+            Backend::Libvirt { domain, .. } => {
+                (!libvirt::is_domain_qemu(self.pid, domain)).then(|| {
+                    format!(
+                        "QEMU (pid {}) of libvirt's domain {domain} is gone",
+                        self.pid
+                    )
+                })
+            }
         }
     }
 
@@ -64,14 +110,25 @@ impl Vm {
     /// Leave it running when the lab exits (`--keep`).
     pub fn keep(&mut self) {
         self.keep = true;
+        if let Backend::Libvirt { launcher, .. } = &mut self.backend {
+            launcher.keep();
+        }
     }
 
     /// Stop QEMU (by its PID) and reap it; returns how long that took.
     pub fn stop(&mut self) -> Duration {
         let started = Instant::now();
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        match &mut self.backend {
+            Backend::Qemu(child) => {
+                if let Ok(None) = child.try_wait() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            Backend::Libvirt { launcher, domain } => {
+                libvirt::kill_domain_qemu(self.pid, domain);
+                launcher.stop();
+            }
         }
         started.elapsed()
     }
