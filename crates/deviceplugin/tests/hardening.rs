@@ -562,20 +562,6 @@ async fn a_host_link_holding_a_promised_ifindex_makes_that_device_unhealthy() {
     dp.assert_running("after the blocked ifindexes");
 }
 
-/// Runs `f` on a fresh thread inside the namespace at `netns`; sockets made
-/// there stay in that namespace wherever they are used later.
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let netns = netns.to_path_buf();
-    std::thread::spawn(move || {
-        let ns = File::open(&netns).expect("open netns");
-        // On this dedicated, short-lived thread only.
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
-
 /// GET `path` on a fresh connection: (status code, time to the answer).
 fn http_get(s: &mut TcpStream, path: &str) -> std::io::Result<u16> {
     s.set_read_timeout(Some(Duration::from_secs(3)))?;

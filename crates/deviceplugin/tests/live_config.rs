@@ -7,8 +7,6 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -104,45 +102,17 @@ async fn kubelet_watches(world: &World, name: &str) -> (DeviceWatch, Update) {
     (w, first)
 }
 
-/// One GET in NODE: (status, body).
+/// One GET in NODE, retried while the metrics port is not up yet:
+/// (status, body).
 fn http_get(netns: &Path, addr: &str, path: &str) -> (u16, String) {
-    let netns = netns.to_path_buf();
-    let addr = addr.to_string();
-    let target = path.to_string();
-    std::thread::spawn(move || -> std::io::Result<(u16, String)> {
-        let path = target;
-        let ns = fs::File::open(&netns)?;
-        // A dedicated, short-lived thread: only it changes namespace.
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let deadline = Instant::now() + SLOW;
-        let mut s = loop {
-            match TcpStream::connect(&addr) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)?;
-        let status = raw
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = raw
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
-    })
-    .join()
-    .expect("http thread")
-    .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    let deadline = Instant::now() + SLOW;
+    loop {
+        match common::http_get(netns, addr, path) {
+            Ok(r) => return r,
+            Err(e) if Instant::now() > deadline => panic!("GET {path}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 /// The value of the sample `series` (name and labels, as written).

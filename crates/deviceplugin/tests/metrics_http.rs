@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -154,18 +153,6 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let netns = netns.to_path_buf();
-    std::thread::spawn(move || {
-        let ns = File::open(&netns).expect("open netns");
-        // On this dedicated thread (and the threads it starts) only.
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
 }
 
 /// One request written as is; the whole answer as (status, headers, body).

@@ -3,10 +3,6 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -489,40 +485,6 @@ async fn ifindex_ranges_are_stable_and_disjoint_across_restarts() {
     assert_eq!(b3, b2, "b's range moved although b did not change");
     assert!(disjoint(a3, b3), "a {a3:?} and b {b3:?} overlap");
     dp.assert_running("after growing a");
-}
-
-/// One HTTP/1.1 GET to `addr` from inside the namespace at `netns`;
-/// (status code, body).
-fn http_get(netns: &Path, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let netns = netns.to_path_buf();
-    let addr = addr.to_string();
-    let path = path.to_string();
-    std::thread::spawn(move || {
-        let ns = File::open(&netns)?;
-        // On this dedicated, short-lived thread only.
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let mut s = TcpStream::connect(&addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
-    })
-    .join()
-    .expect("http thread")
 }
 
 /// `(name, labels, value)` of every sample in Prometheus text.
