@@ -22,7 +22,6 @@
 //! that only writes one small JSON document per resource.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -393,36 +392,11 @@ impl SpecDir {
     }
 
     /// Under a temporary name first (CDI readers take only `*.json` and
-    /// `*.yaml`), synced, then renamed: a runtime reads the old spec or the
-    /// new one, never half of one.
+    /// `*.yaml`, and it starts with a dot), synced, then renamed: a runtime
+    /// reads the old spec or the new one, never half of one.
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), CdiError> {
-        let tmp = format!(".{name}.{}.tmp", std::process::id());
-        let _ = nix::unistd::unlinkat(self.fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        let how = OpenHow::new()
-            .flags(
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_CLOEXEC
-                    | OFlag::O_NOFOLLOW,
-            )
-            .mode(Mode::from_bits_truncate(0o644))
-            .resolve(no_links());
-        let result = (|| -> std::io::Result<()> {
-            let mut file = std::fs::File::from(openat2(self.fd.as_fd(), tmp.as_str(), how)?);
-            // openat2's mode is cut by the umask; readers need 0644.
-            nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(0o644))?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            nix::fcntl::renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), name)?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ =
-                nix::unistd::unlinkat(self.fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(self.io(format!("writing {name}"), e));
-        }
-        Ok(())
+        macvtap_state::write_atomic(self.fd.as_fd(), name, bytes, 0o644, true)
+            .map_err(|e| self.io(format!("writing {name}"), e))
     }
 
     fn remove(&self, name: &str) -> Result<(), CdiError> {

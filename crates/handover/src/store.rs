@@ -9,7 +9,7 @@
 //! after a crash it is there whole or not at all, and it is there before
 //! anything in the container is changed.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -269,7 +269,6 @@ impl Store {
     pub fn save(&self, record: &Record) -> Result<()> {
         let name = record.key.file_name();
         let path = self.path.join(&name);
-        let tmp = format!(".{name}.{}.tmp", std::process::id());
         let bytes = serde_json::to_vec_pretty(record).map_err(|source| Error::CorruptRecord {
             path: path.clone(),
             source,
@@ -282,35 +281,14 @@ impl Store {
                 source: e.into(),
             }
         };
-        let _ = nix::unistd::unlinkat(self.fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        let how = OpenHow::new()
-            .flags(
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_CLOEXEC
-                    | OFlag::O_NOFOLLOW,
-            )
-            .mode(Mode::from_bits_truncate(0o600))
-            .resolve(resolve());
-        let written = (|| -> Result<()> {
-            let fd = openat2(self.fd(), tmp.as_str(), how).map_err(err("create"))?;
-            let mut file = std::fs::File::from(fd);
-            file.write_all(&bytes)
-                .and_then(|()| file.sync_all())
-                .map_err(|source| Error::Record {
-                    op: "write",
-                    path: path.clone(),
-                    source,
-                })?;
-            nix::fcntl::renameat(self.fd(), tmp.as_str(), self.fd(), name.as_str())
-                .map_err(err("rename"))?;
-            nix::unistd::fsync(self.fd()).map_err(err("fsync directory of"))
-        })();
-        if written.is_err() {
-            let _ = nix::unistd::unlinkat(self.fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        }
-        written
+        macvtap_state::write_atomic(self.fd(), &name, &bytes, 0o600, true).map_err(|source| {
+            Error::Record {
+                op: "write",
+                path: path.clone(),
+                source,
+            }
+        })?;
+        nix::unistd::fsync(self.fd()).map_err(err("fsync directory of"))
     }
 
     /// Remove the record of `key` durably; missing is fine.

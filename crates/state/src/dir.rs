@@ -138,24 +138,30 @@ pub(crate) fn read_file(dir: BorrowedFd<'_>, name: &str) -> io::Result<Option<Ve
 
 /// Write `bytes` as `name` below `dir`: under a temporary name first, then
 /// renamed, so readers see the old or the new file, never half of one.
-/// Files are 0600. `durable` fsyncs the file before the rename.
-pub(crate) fn write_file(
+/// The file gets `mode` whatever the umask. `durable` fsyncs the file
+/// before the rename. Nothing is followed: `name` is one component and a
+/// symlink in its place is replaced, never written through.
+pub fn write_atomic(
     dir: BorrowedFd<'_>,
     name: &str,
     bytes: &[u8],
+    mode: u32,
     durable: bool,
 ) -> io::Result<()> {
     let name = component(name)?;
     let tmp = temp_name(name);
     let _ = nix::unistd::unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir); // a crashed writer's
+    let mode = Mode::from_bits_truncate(mode);
     let how = OpenHow::new()
         .flags(
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         )
-        .mode(Mode::from_bits_truncate(0o600))
+        .mode(mode)
         .resolve(resolve());
     let result = (|| {
         let mut file = std::fs::File::from(openat2(dir, tmp.as_str(), how)?);
+        // The umask cut openat2's mode; readers may need more than 0600.
+        nix::sys::stat::fchmod(file.as_fd(), mode)?;
         file.write_all(bytes)?;
         if durable {
             file.sync_all()?;
@@ -169,7 +175,7 @@ pub(crate) fn write_file(
     result
 }
 
-/// The temporary name `write_file` and `make_node` use for `name`: one per
+/// The temporary name `write_atomic` and `make_node` use for `name`: one per
 /// process, so that a crash's leftover is found by its prefix.
 pub(crate) fn temp_name(name: &str) -> String {
     format!(".{name}.{}.tmp", std::process::id())

@@ -36,6 +36,7 @@ use std::time::Duration;
 use macvtap_net::MacvtapMode;
 use serde::{Deserialize, Serialize};
 
+pub use dir::write_atomic;
 pub use node::{
     NodePolicy, DEFAULT_MAX_SOURCE_MACS, DEFAULT_NODE_CONFIG, NODE_CONFIG_ENV, STATE_DIR_ENV,
 };
@@ -864,7 +865,8 @@ impl StateDir {
         durable: bool,
     ) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(value).expect("state serialises");
-        dir::write_file(dir, name, &bytes, durable).map_err(io_err("write", dir_path.join(name)))
+        dir::write_atomic(dir, name, &bytes, 0o600, durable)
+            .map_err(io_err("write", dir_path.join(name)))
     }
 
     /// The attachment record of `container_id`/`ifname`, validated.
