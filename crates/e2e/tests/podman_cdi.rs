@@ -243,6 +243,7 @@ async fn podman_gives_a_container_the_pods_tap_from_the_cdi_name_allocate_answer
     let (out, took) = container("107:107", Some(&cdi_name));
     measured("podman run --rm with the CDI device (wall)", took);
     let said = text(&out);
+    println!("podman run --user 107:107 --device {cdi_name} ... said:\n{said}");
     assert!(
         out.status.success(),
         "the container's check failed:\n{said}"
