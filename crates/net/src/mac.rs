@@ -8,7 +8,8 @@ pub struct MacAddr(pub [u8; 6]);
 /// Why a string is not a usable interface MAC.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MacError {
-    /// Not six colon- or dash-separated hex octets.
+    /// Not six colon- or dash-separated hex octets, nor three dotted
+    /// groups of four hex digits.
     #[error("{0:?} is not a MAC address (want six hex octets like 02:00:00:00:00:01)")]
     Malformed(String),
     /// The group bit is set: an interface cannot own it.
@@ -52,22 +53,33 @@ impl MacAddr {
     }
 }
 
+/// The 6-byte forms Go's `net.ParseMAC` reads (the reference CNI plugins
+/// and kubevirt's macvtap-cni parse with it, so NADs carry them): six
+/// octets with `:` or `-`, or three groups of four digits with `.`
+/// (`0200.5e10.0001`).
 impl FromStr for MacAddr {
     type Err = MacError;
     fn from_str(s: &str) -> Result<Self, MacError> {
         let malformed = || MacError::Malformed(s.to_string());
-        let sep = if s.contains('-') { '-' } else { ':' };
-        let mut out = [0u8; 6];
-        let mut parts = s.split(sep);
-        for byte in &mut out {
-            let part = parts.next().ok_or_else(malformed)?;
-            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(malformed());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| malformed())?;
-        }
-        if parts.next().is_some() {
+        let (sep, width) = if s.contains('.') {
+            ('.', 4)
+        } else if s.contains('-') {
+            ('-', 2)
+        } else {
+            (':', 2)
+        };
+        let groups: Vec<&str> = s.split(sep).collect();
+        let well_formed = groups.len() * width == 12
+            && groups
+                .iter()
+                .all(|g| g.len() == width && g.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !well_formed {
             return Err(malformed());
+        }
+        let digits = groups.concat();
+        let mut out = [0u8; 6];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| malformed())?;
         }
         Ok(MacAddr(out))
     }
@@ -128,5 +140,40 @@ mod tests {
             MacAddr::parse_unicast("00:00:00:00:00:00"),
             Err(MacError::Zero(_))
         ));
+    }
+
+    #[test]
+    fn macs_in_go_forms() {
+        for (written, want) in [
+            ("02:AB:00:00:00:01", "02:ab:00:00:00:01"),
+            ("02-ab-00-00-00-02", "02:ab:00:00:00:02"),
+            ("02ab.0000.0003", "02:ab:00:00:00:03"),
+            ("02AB.0000.0004", "02:ab:00:00:00:04"),
+        ] {
+            assert_eq!(
+                MacAddr::parse_unicast(written).map(|m| m.to_string()),
+                Ok(want.into())
+            );
+        }
+        assert_eq!(
+            MacAddr::parse_unicast("0100.5e00.0001"),
+            Err(MacError::Multicast("0100.5e00.0001".into()))
+        );
+        assert_eq!(
+            MacAddr::parse_unicast("0000.0000.0000"),
+            Err(MacError::Zero("0000.0000.0000".into()))
+        );
+        for bad in [
+            "02ab.0000",
+            "02ab.0000.0003.0004",
+            "02a.b000.0003",
+            "02ab.00g0.0003",
+            "02ab:0000.0003",
+        ] {
+            assert!(
+                matches!(MacAddr::parse_unicast(bad), Err(MacError::Malformed(_))),
+                "{bad}"
+            );
+        }
     }
 }
