@@ -15,7 +15,7 @@ use crate::allocate::Allocator;
 use crate::config::{valid_resource_name, Config, Discovery, ResourceConfig, DEFAULT_CAPACITY};
 use crate::kubelet::{register, watch_dir, DirEvent, Served, KUBELET_SOCKET};
 use crate::links::{watch_links, HostLink, LinkTable};
-use crate::reload::{self, ConfigFile, Debounce, ReloadError, STATUS};
+use crate::reload::{self, ConfigFile, Debounce, ReloadError};
 use crate::resource::{assign_bases, Counters, Resource};
 use crate::{metrics, sweep};
 
@@ -123,6 +123,9 @@ struct Daemon {
     running_config: Config,
     /// When to read the file after its directory changed.
     debounce: Debounce,
+    /// Why the last reload was refused, while it is the last one (a broken
+    /// file seen again is one refusal, logged and counted once).
+    reload_refused: Option<String>,
     /// Sockets this daemon removed itself (a withdrawn resource): their
     /// deletion events are not a kubelet restart.
     removed_sockets: BTreeSet<String>,
@@ -413,31 +416,28 @@ impl Daemon {
                 let why = macvtap_net::error_chain(&e);
                 // The same broken content seen again (another event on the
                 // directory) is one refusal, not several.
-                if STATUS.last_error().as_deref() != Some(why.as_str()) {
+                if self.reload_refused.as_deref() != Some(why.as_str()) {
                     tracing::error!(
                         file = %file.path.display(),
                         key = %file.key(),
                         "configuration change refused, the last good configuration stays in effect: {why}"
                     );
-                    STATUS.failed(why);
-                    self.count_reload(false);
+                    self.reload_ended(Some(why));
                 }
                 return Ok(());
             }
         };
         if config == self.running_config {
-            if !STATUS.last_succeeded() {
+            if self.reload_refused.is_some() {
                 tracing::info!(file = %file.path.display(), "configuration file valid again, equal to the one in effect");
-                STATUS.succeeded();
-                self.count_reload(true);
+                self.reload_ended(None);
             }
             return Ok(());
         }
         let changes = self.apply(config, links).await;
         match &changes {
             Ok(()) => {
-                STATUS.succeeded();
-                self.count_reload(true);
+                self.reload_ended(None);
                 tracing::info!(
                     took_ms = started.elapsed().as_secs_f64() * 1e3,
                     "configuration file applied"
@@ -445,19 +445,18 @@ impl Daemon {
             }
             // Serving or persisting failed: the daemon exits with this
             // error and its restart reads the file afresh.
-            Err(e) => {
-                STATUS.failed(macvtap_net::error_chain(e));
-                self.count_reload(false);
-            }
+            Err(e) => self.reload_ended(Some(macvtap_net::error_chain(e))),
         }
         changes
     }
 
-    /// A configuration load's outcome, for /metrics.
-    fn count_reload(&self, ok: bool) {
+    /// A reload ended, refused (with why) or applied: remembered for the
+    /// next one, and counted in /metrics.
+    fn reload_ended(&mut self, refused: Option<String>) {
         if let Some(metrics) = &self.allocator.metrics {
-            metrics.config_reloaded(ok);
+            metrics.config_reloaded(refused.is_none());
         }
+        self.reload_refused = refused;
     }
 
     /// Make the offered resources those of `config`: withdraw removed ones,
@@ -570,6 +569,7 @@ pub async fn run(config: Config, paths: Paths, tuning: Tuning) -> Result<(), Dae
         live: tuning.live,
         running_config: config,
         debounce: Debounce::default(),
+        reload_refused: None,
         removed_sockets: BTreeSet::new(),
     };
     if daemon.live.is_some() {

@@ -5,8 +5,7 @@
 //! /metrics.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -278,74 +277,6 @@ pub fn describe_change(old: &ResourceConfig, new: &ResourceConfig) -> String {
     parts.join(", ")
 }
 
-/// Reload outcomes: the last error (logged once however many events
-/// repeat it) and counts. /metrics has its own series (crate::metrics).
-/// One per process: there is one daemon.
-#[derive(Debug)]
-pub struct ReloadStatus {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    last_ok: AtomicBool,
-    last_error: Mutex<Option<String>>,
-}
-
-/// The daemon's reload outcomes.
-pub static STATUS: ReloadStatus = ReloadStatus::new();
-
-impl Default for ReloadStatus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ReloadStatus {
-    pub const fn new() -> ReloadStatus {
-        ReloadStatus {
-            ok: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            last_ok: AtomicBool::new(true),
-            last_error: Mutex::new(None),
-        }
-    }
-
-    /// A changed file was read and applied (or found equal to the running
-    /// configuration).
-    pub fn succeeded(&self) {
-        self.ok.fetch_add(1, Ordering::Relaxed);
-        self.last_ok.store(true, Ordering::Relaxed);
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = None;
-        }
-    }
-
-    /// A changed file was refused; the last good configuration runs on.
-    pub fn failed(&self, error: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        self.last_ok.store(false, Ordering::Relaxed);
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = Some(error);
-        }
-    }
-
-    /// (reloads applied, reloads refused)
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Whether the last reload was applied (true before any).
-    pub fn last_succeeded(&self) -> bool {
-        self.last_ok.load(Ordering::Relaxed)
-    }
-
-    /// Why the last reload was refused, while it is the last one.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
-    }
-}
-
 /// A resource's DevicePlugin service whose resource can be replaced while
 /// it is served: a changed resource keeps its socket, the kubelet's
 /// connection and its ListAndWatch stream (which gets the new list), and
@@ -475,18 +406,6 @@ mod tests {
         assert_eq!(d.due(), Some(t0 + MAX_WAIT));
         d.clear();
         assert_eq!(d.due(), None);
-    }
-
-    #[test]
-    fn status_counts_and_keeps_the_last_error() {
-        let s = ReloadStatus::new();
-        assert!(s.last_succeeded());
-        s.failed("bad".into());
-        assert_eq!((s.counts(), s.last_error()), ((0, 1), Some("bad".into())));
-        assert!(!s.last_succeeded());
-        s.succeeded();
-        assert_eq!((s.counts(), s.last_error()), ((1, 1), None));
-        assert!(s.last_succeeded());
     }
 
     #[test]
