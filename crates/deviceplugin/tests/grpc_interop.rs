@@ -12,7 +12,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -24,18 +24,6 @@ const CAPACITY: u64 = 4;
 
 fn conf() -> String {
     json!([{"name": "dataplane", "lowerDevice": LOWER, "capacity": CAPACITY}]).to_string()
-}
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("MACVTAP_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/opt/macvtap-test-venv/bin/python".into());
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/install-deps (it creates the virtualenv with grpcio)",
-        p.display()
-    );
-    p
 }
 
 /// What the kubelet expects from Allocate of these devices.

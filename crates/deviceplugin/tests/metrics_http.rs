@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,18 +17,6 @@ use common::*;
 use serde_json::Value;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("MACVTAP_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/opt/macvtap-test-venv/bin/python".into());
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/install-deps (it creates the virtualenv with prometheus-client)",
-        p.display()
-    );
-    p
-}
 
 /// Parses with PyPI prometheus-client and prints every family as JSON.
 const PARSE: &str = r#"

@@ -50,3 +50,17 @@ pub fn http_get(netns: &std::path::Path, addr: &str, path: &str) -> std::io::Res
         Ok((status, body))
     })
 }
+
+/// The test virtualenv's Python (`MACVTAP_TEST_PYTHON` overrides), which
+/// scripts/install-deps fills with grpcio and prometheus-client.
+pub fn python() -> std::path::PathBuf {
+    let p = std::env::var_os("MACVTAP_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/opt/macvtap-test-venv/bin/python".into());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-deps (it creates the virtualenv with grpcio and prometheus-client)",
+        p.display()
+    );
+    p
+}
