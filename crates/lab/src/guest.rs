@@ -734,14 +734,10 @@ pub enum GuestNet<'a> {
     Delivered,
 }
 
-/// QEMU arguments that boot `image` with its address from `net`, console
-/// on `serial`, and `tag` in its banner and web page.
-pub fn qemu_args(
-    image: &GuestImage,
-    net: GuestNet,
-    serial: &str,
-    tag: &str,
-) -> Result<Vec<String>, GuestError> {
+/// The guest kernel's command line: its address from `net` and `tag` in
+/// its banner and web page (what QEMU's `-append` and libvirt's
+/// `<cmdline>` carry).
+pub fn kernel_cmdline(net: GuestNet, tag: &str) -> Result<String, GuestError> {
     if let GuestNet::Static(ip) = net {
         let valid_ip = ip.split_once('/').is_some_and(|(a, p)| {
             a.parse::<std::net::Ipv4Addr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 32)
@@ -757,6 +753,21 @@ pub fn qemu_args(
     if !valid_tag {
         return Err(GuestError::BadTag(tag.into()));
     }
+    Ok(match net {
+        GuestNet::Static(ip) => format!("console=ttyS0 quiet panic=-1 guestip={ip} guesttag={tag}"),
+        GuestNet::Delivered => format!("console=ttyS0 quiet panic=-1 guesttag={tag}"),
+    })
+}
+
+/// QEMU arguments that boot `image` with its address from `net`, console
+/// on `serial`, and `tag` in its banner and web page.
+pub fn qemu_args(
+    image: &GuestImage,
+    net: GuestNet,
+    serial: &str,
+    tag: &str,
+) -> Result<Vec<String>, GuestError> {
+    let cmdline = kernel_cmdline(net, tag)?;
     let mut args: Vec<String> = [
         "-M",
         "q35",
@@ -780,12 +791,7 @@ pub fn qemu_args(
         "-initrd".to_string(),
         image.initramfs.display().to_string(),
         "-append".to_string(),
-        match net {
-            GuestNet::Static(ip) => {
-                format!("console=ttyS0 quiet panic=-1 guestip={ip} guesttag={tag}")
-            }
-            GuestNet::Delivered => format!("console=ttyS0 quiet panic=-1 guesttag={tag}"),
-        },
+        cmdline,
     ]);
     Ok(args)
 }

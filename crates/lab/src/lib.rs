@@ -905,19 +905,11 @@ impl Ctx<'_> {
             ms(launcher.start_took)
         ));
         let serial = launcher.vm_dir().join("serial.log");
-        let guest_args = guest::qemu_args(
-            &ensured.image,
+        let cmdline = guest::kernel_cmdline(
             guest::GuestNet::Static(guest_ip),
-            "null",
             &format!("{:08x}", world.nonce),
         )
         .map_err(|e| LabError::NoVm(macvtap_net::error_chain(&e)))?;
-        let cmdline = guest_args
-            .iter()
-            .skip_while(|a| *a != "-append")
-            .nth(1)
-            .cloned()
-            .unwrap_or_default();
         let kernel = launcher.image_path(&file_name(&ensured.image.kernel));
         let initrd = launcher.image_path(&file_name(&ensured.image.initramfs));
         let domain = format!("mvlab-{:08x}", world.nonce);
