@@ -529,6 +529,24 @@ fn value_cases(t: &mut Table) {
         VERSION,
     );
     t.patch("name empty", json!({"name": ""}), &[7], &["name"]);
+    // The spec's rule for names: a letter or digit, then letters, digits,
+    // '_', '.', '-'. Names reach records and logs, never paths.
+    for (name, why) in [
+        ("../../etc", "a path upwards"),
+        ("a/b", "a slash"),
+        ("..", "dot-dot"),
+        ("-n", "a leading dash"),
+        ("a b", "a space"),
+        ("n\u{1b}[31m", "a terminal escape"),
+        ("n\n", "a newline"),
+    ] {
+        t.patch(
+            format!("name {name:?} ({why})"),
+            json!({ "name": name }),
+            &[7],
+            &["name"],
+        );
+    }
     t.patch("name missing", json!({"name": null}), &[6, 7], &["name"]);
     const LOWER_W: &[&str] = &["master", "lower"];
     for master in [
@@ -614,6 +632,13 @@ fn mac_cases(t: &mut Table) {
         ("02:00:00:00:00:1".into(), "an octet too short"),
         ("020000000001".into(), "no separators"),
         ("02-00:00:00:00:01".into(), "mixed separators"),
+        ("0100.5e00.0001".into(), "multicast, Go's dotted form"),
+        ("0000.0000.0000".into(), "all zero, Go's dotted form"),
+        ("ffff.ffff.ffff".into(), "broadcast, Go's dotted form"),
+        ("0200.0000".into(), "two dotted groups"),
+        ("0200.0000.0001.0002".into(), "four dotted groups"),
+        ("020.00000.0001".into(), "dotted groups of 3 and 5"),
+        ("0200:0000.0001".into(), "dots mixed with a colon"),
         ("+2:00:00:00:00:01".into(), "a sign in an octet"),
         ("02:00:00:00:00:01 ".into(), "a trailing space"),
         ("".into(), "empty"),
